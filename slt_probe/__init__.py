@@ -1,0 +1,14 @@
+"""slt-probe: local learning coefficient (LLC) estimation over training checkpoints."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from slt_probe.diagnostics import Diagnostics
+from slt_probe.llc import LLCResult, estimate_llc
+from slt_probe.sampler import SGLDConfig
+
+try:
+    __version__ = version("slt-probe")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["SGLDConfig", "LLCResult", "Diagnostics", "estimate_llc", "__version__"]

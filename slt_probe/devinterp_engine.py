@@ -1,0 +1,80 @@
+"""The same estimate through devinterp 2.0.1, the field's reference library: a second engine and a cross-check.
+
+devinterp samples; we take its per-step loss trace and init_loss and reduce them exactly as our own
+engine does (burn-in discarded, diverged chains reported, same diagnostics), so the two engines differ
+only in the sampler. devinterp itself averages burn-in into λ̂; with burnin=0 the numbers are its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from slt_probe.data import Data, LossFn, lm_cross_entropy
+from slt_probe.sampler import SGLDConfig, resolve_device
+
+
+def estimate_llc_devinterp(model: nn.Module, data: Data, *, loss_fn: LossFn, config: SGLDConfig):
+    from slt_probe.llc import summarize  # the shared reduction; imported here to avoid an import cycle
+
+    if loss_fn is not lm_cross_entropy or not isinstance(data, torch.Tensor):
+        raise ValueError("engine='devinterp' supports language-model token data with the default loss only")
+    from datasets import Dataset
+    from devinterp.slt.llc import llc as devinterp_llc
+
+    device = resolve_device(config.device)
+    work = copy.deepcopy(model).to(dtype=getattr(torch, config.dtype))
+    dataset = Dataset.from_dict({"input_ids": data.cpu().long().numpy()}).with_format("torch")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = devinterp_llc(
+            work,
+            dataset,
+            observables={},
+            lr=config.lr,
+            n_beta=float(config.nbeta),
+            localization=config.localization,
+            num_chains=config.chains,
+            num_draws=config.draws,
+            num_burnin_steps=config.burnin,
+            batch_size=config.batch_size,
+            init_seed=config.seed,
+            device=str(device),
+            output_path=f"{tmp}/samples.zarr",
+        )
+        loss = np.asarray(out["loss_trace"].values, dtype=np.float64)  # [chains, burnin + draws]
+        init_loss = float(out["init_loss"])
+    seconds = time.perf_counter() - start
+
+    # devinterp stops a chain at its first non-finite loss and only warns; the rest of its row is fill.
+    for w in caught:
+        m = re.search(r"Chain (\d+) failed", str(w.message))
+        if m:
+            c = int(m.group(1))
+            bad = ~np.isfinite(loss[c]) | (loss[c] == 0)
+            first = int(np.argmax(bad)) if bad.any() else loss.shape[1] - 1
+            loss[c, first:] = np.nan
+    return summarize(
+        loss,
+        init_loss,
+        config,
+        sum(p.numel() for p in model.parameters()),
+        engine="devinterp",
+        method="devinterp",
+        notes=[f"devinterp {_version()}"],
+        seconds=seconds,
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("devinterp")

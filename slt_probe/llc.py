@@ -1,0 +1,156 @@
+"""estimate_llc: the local learning coefficient λ̂ of a model at its current parameters w*.
+
+λ̂ = nβ (E_w[L_m(w)] − L_n(w*)) (Lau et al. 2023, arXiv 2308.12108, eq. 7), the expectation over the
+draws of localized SGLD chains after burn-in, L_n(w*) measured once on a fixed evaluation set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from slt_probe.data import Data, LossFn, as_tuple, check_lm_tokens, eval_indices, lm_cross_entropy, take, to_device
+from slt_probe.diagnostics import Diagnostics, diagnose
+from slt_probe.sampler import SGLDConfig, resolve_device, run_chains
+
+
+@dataclass
+class LLCResult:
+    llc_mean: float  # mean of λ̂ over the chains that did not diverge
+    llc_std: float  # standard deviation of λ̂ across those chains (ddof=1; 0 for one chain)
+    llc_per_chain: np.ndarray  # [chains], NaN for a diverged chain
+    init_loss: float  # L_n(w*) on the evaluation set
+    loss_trace: np.ndarray  # [chains, draws] minibatch loss of each kept draw
+    burnin_trace: np.ndarray  # [chains, burnin] minibatch loss during burn-in (not in λ̂)
+    diagnostics: Diagnostics
+    config: SGLDConfig  # as used, nbeta resolved
+    engine: str = "slt"
+    num_params: int = 0
+    seconds: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def llc_se(self) -> float:
+        """Standard error of llc_mean from the spread across chains."""
+        n = self.diagnostics.chains_ok
+        return self.llc_std / math.sqrt(n) if n > 1 else float("nan")
+
+    @property
+    def verdict(self) -> str:
+        return self.diagnostics.verdict
+
+    def __repr__(self) -> str:
+        return (
+            f"LLCResult(llc={self.llc_mean:.4g} ± {self.llc_se:.2g} (s.e.), init_loss={self.init_loss:.4g}, "
+            f"chains={self.config.chains}, draws={self.config.draws}, nbeta={self.config.nbeta:.4g}, "
+            f"verdict={self.verdict!r}, method={self.diagnostics.method!r})"
+        )
+
+
+def summarize(
+    loss: np.ndarray,
+    init_loss: float,
+    config: SGLDConfig,
+    num_params: int,
+    *,
+    engine: str,
+    method: str,
+    mala: Optional[np.ndarray] = None,
+    mala_step: Optional[np.ndarray] = None,
+    notes: Optional[list[str]] = None,
+    seconds: float = 0.0,
+) -> LLCResult:
+    """λ̂ and diagnostics from a loss trace [chains, burnin + draws]; shared by both engines."""
+    b = config.burnin
+    finite = np.isfinite(loss).all(axis=1)
+    per_chain = config.nbeta * (loss[:, b:].mean(axis=1) - init_loss)  # [chains]
+    per_chain = np.where(finite, per_chain, np.nan)
+    ok = per_chain[finite]
+    diag = diagnose(loss, b, config.nbeta, init_loss, per_chain, num_params, mala, mala_step, method, notes)
+    return LLCResult(
+        llc_mean=float(ok.mean()) if ok.size else float("nan"),
+        llc_std=float(ok.std(ddof=1)) if ok.size > 1 else 0.0 if ok.size else float("nan"),
+        llc_per_chain=per_chain,
+        init_loss=float(init_loss),
+        loss_trace=loss[:, b:],
+        burnin_trace=loss[:, :b],
+        diagnostics=diag,
+        config=config,
+        engine=engine,
+        num_params=num_params,
+        seconds=seconds,
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, loss_fn: LossFn, data: Data, idx: torch.Tensor, batch_size: int) -> float:
+    """Mean loss over the samples `idx`, in chunks of batch_size (loss_fn returns a batch mean)."""
+    total = torch.zeros((), dtype=torch.float64, device=idx.device)
+    for chunk in idx.split(batch_size):
+        total += loss_fn(model, take(data, chunk)).double() * chunk.numel()
+    return float(total / idx.numel())
+
+
+def estimate_llc(
+    model: nn.Module,
+    data: Data,
+    *,
+    loss_fn: Optional[LossFn] = None,
+    config: Optional[SGLDConfig] = None,
+    engine: str = "slt",
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> LLCResult:
+    """Estimate the LLC of `model` at its current parameters.
+
+    data: a tensor (or tuple of tensors), first dimension = samples. Without loss_fn it must be token ids
+      [N, T+1] and the loss is next-token cross-entropy.
+    loss_fn(model, batch) -> scalar mean loss over the batch.
+    engine: "slt" (this package's sampler) or "devinterp" (devinterp 2.0.1's, LM token data only).
+    The model is not modified: sampling runs on a copy, in eval mode, in config.dtype on config.device.
+    """
+    config = config or SGLDConfig()
+    tensors = as_tuple(data)
+    n = tensors[0].shape[0]
+    config = config.resolved(n)
+    if loss_fn is None:
+        check_lm_tokens(data)
+        loss_fn = lm_cross_entropy
+    if engine == "devinterp":
+        from slt_probe.devinterp_engine import estimate_llc_devinterp
+
+        return estimate_llc_devinterp(model, data, loss_fn=loss_fn, config=config)
+    if engine != "slt":
+        raise ValueError(f"engine must be 'slt' or 'devinterp', got {engine!r}")
+
+    device = resolve_device(config.device)
+    dtype = getattr(torch, config.dtype)
+    work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    for p in work.parameters():
+        p.requires_grad_(False)  # gradients come from torch.func, never from .grad
+    data = to_device(data, device)
+    num_params = sum(p.numel() for p in work.parameters())
+
+    idx = eval_indices(n, config.eval_samples, config.seed).to(device)
+    init_loss = evaluate_loss(work, loss_fn, data, idx, config.batch_size)
+    if not math.isfinite(init_loss):
+        raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")
+
+    trace = run_chains(work, loss_fn, data, config, progress=progress)
+    return summarize(
+        trace.loss.double().numpy(),
+        init_loss,
+        config,
+        num_params,
+        engine="slt",
+        method=trace.method,
+        mala=trace.mala.double().numpy(),
+        mala_step=trace.mala_step.numpy(),
+        notes=trace.notes,
+        seconds=trace.seconds,
+    )

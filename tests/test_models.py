@@ -1,0 +1,173 @@
+"""Tests for the user-facing model files in models/ (loaded by path, as the CLI does)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def load_model_file(name: str):
+    """Import models/<name>.py from its path; the repo root is not a package."""
+    mod_name = f"_slt_probe_test_models_{name}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, MODELS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+attn_only_mod = load_model_file("attn_only")
+dln_mod = load_model_file("dln")
+
+SMALL = dict(vocab_size=16, n_ctx=8, d_model=16, n_heads=2, n_layers=2)
+
+
+def small_model(**over):
+    torch.manual_seed(0)
+    return attn_only_mod.attn_only(**{**SMALL, **over})
+
+
+# ---------------------------------------------------------------- attn_only
+
+
+def test_default_param_count():
+    model = attn_only_mod.attn_only()
+    # embed + pos + 2 layers x (qkv + out) + unembed
+    expected = 512 * 128 + 64 * 128 + 2 * 4 * 128 * 128 + 128 * 512
+    assert expected == 270_336
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert model.num_params() == expected
+
+
+def test_optional_layernorm_and_bias_params():
+    base = small_model().num_params()
+    d, L = SMALL["d_model"], SMALL["n_layers"]
+    assert small_model(layer_norm=True).num_params() == base + 2 * d
+    assert small_model(attn_bias=True).num_params() == base + L * 4 * d
+
+
+def test_unknown_config_key_raises():
+    with pytest.raises(TypeError, match="d_mlp"):
+        attn_only_mod.attn_only(d_mlp=4)
+
+
+def test_heads_must_divide_d_model():
+    with pytest.raises(AssertionError):
+        attn_only_mod.attn_only(d_model=10, n_heads=3)
+
+
+@pytest.mark.parametrize("seq", [1, 5, 8])
+def test_shapes(seq):
+    model = small_model(layer_norm=True)
+    tokens = torch.randint(0, SMALL["vocab_size"], (3, seq))
+    logits = model(tokens)
+    assert logits.shape == (3, seq, SMALL["vocab_size"])
+    logits2, attn = model(tokens, return_attn=True)
+    assert torch.equal(logits, logits2)
+    assert attn.shape == (SMALL["n_layers"], 3, SMALL["n_heads"], seq, seq)
+
+
+def test_too_long_sequence_raises():
+    model = small_model()
+    with pytest.raises(ValueError, match="n_ctx"):
+        model(torch.zeros(1, SMALL["n_ctx"] + 1, dtype=torch.long))
+
+
+def test_causality():
+    model = small_model()
+    torch.manual_seed(1)
+    tokens = torch.randint(0, SMALL["vocab_size"], (4, SMALL["n_ctx"]))
+    base = model(tokens)
+    for t in range(SMALL["n_ctx"]):
+        changed = tokens.clone()
+        changed[:, t] = (changed[:, t] + 1) % SMALL["vocab_size"]
+        out = model(changed)
+        assert torch.equal(out[:, :t], base[:, :t]), f"position {t} leaked backwards"
+        assert not torch.allclose(out[:, t], base[:, t])  # and it does matter at t
+
+
+def test_attention_row_stochastic_and_causal():
+    model = small_model()
+    tokens = torch.randint(0, SMALL["vocab_size"], (4, SMALL["n_ctx"]))
+    _, attn = model(tokens, return_attn=True)
+    assert torch.all(attn >= 0)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:-1]))
+    T = SMALL["n_ctx"]
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    assert torch.all(attn[..., future] == 0)
+
+
+def test_mask_is_not_in_state_dict():
+    keys = small_model().state_dict().keys()
+    assert not any(k.endswith("mask") or k == "pos" for k in keys)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_vmap_grad_matches_autograd(layer_norm):
+    model = small_model(layer_norm=layer_norm, attn_bias=layer_norm)
+    n_chains = 3
+    torch.manual_seed(2)
+    tokens = torch.randint(0, SMALL["vocab_size"], (5, SMALL["n_ctx"]))
+    # distinct values per chain, as SGLD chains drift apart
+    stacked = {
+        k: v.detach().unsqueeze(0) + 0.1 * torch.randn(n_chains, *v.shape)
+        for k, v in model.named_parameters()
+    }
+
+    def loss_fn(params, tokens):
+        logits = functional_call(model, params, (tokens[:, :-1],))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+    grads = vmap(grad(loss_fn), in_dims=(0, None))(stacked, tokens)
+
+    for c in range(n_chains):
+        copy = attn_only_mod.attn_only(**{**SMALL, "layer_norm": layer_norm, "attn_bias": layer_norm})
+        copy.load_state_dict({k: v[c] for k, v in stacked.items()})
+        logits = copy(tokens[:, :-1])
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()
+        for name, p in copy.named_parameters():
+            torch.testing.assert_close(grads[name][c], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ---------------------------------------------------------------- dln
+
+
+def test_dln_shapes_and_no_bias():
+    model = dln_mod.dln(widths=[4, 8, 3])
+    assert [tuple(layer.weight.shape) for layer in model.layers] == [(8, 4), (3, 8)]
+    assert all(layer.bias is None for layer in model.layers)
+    assert model(torch.randn(5, 4)).shape == (5, 3)
+    assert model.product().shape == (3, 4)
+
+
+def test_dln_default_widths():
+    assert dln_mod.dln().config.widths == [4, 8, 4]
+
+
+def test_dln_product_is_composition():
+    torch.manual_seed(0)
+    model = dln_mod.dln(widths=[3, 5, 7, 2])
+    W1, W2, W3 = (layer.weight for layer in model.layers)
+    torch.testing.assert_close(model.product(), W3 @ W2 @ W1)
+
+
+def test_dln_forward_matches_product():
+    torch.manual_seed(0)
+    model = dln_mod.dln(widths=[3, 5, 7, 2])
+    x = torch.randn(10, 3)
+    torch.testing.assert_close(model(x), x @ model.product().T)
+
+
+def test_dln_single_layer_and_bad_widths():
+    model = dln_mod.dln(widths=[3, 2])
+    torch.testing.assert_close(model.product(), model.layers[0].weight)
+    with pytest.raises(ValueError):
+        dln_mod.dln(widths=[3])
