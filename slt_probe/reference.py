@@ -1,0 +1,55 @@
+"""Reference problems whose learning coefficient is known in closed form: the estimator's ground truth.
+
+A deep linear network at a generic full-rank true parameter, with noiseless targets: the setup of
+Furman & Lau 2024 (arXiv 2402.03698), where the local learning coefficient equals Aoyagi's formula.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from slt_probe.sampler import SGLDConfig
+from slt_probe.theory import dln_learning_coefficient
+
+
+@dataclass
+class Reference:
+    name: str
+    model: nn.Module
+    data: tuple[torch.Tensor, torch.Tensor]  # (x [n, in], y [n, out])
+    llc: float  # the true learning coefficient
+    config: SGLDConfig  # hyperparameters that estimate it well
+
+
+def mse(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
+def deep_linear_network(widths: Sequence[int]) -> nn.Sequential:
+    """W_L ... W_1 x with no biases; widths = [in, hidden..., out]."""
+    return nn.Sequential(*[nn.Linear(a, b, bias=False) for a, b in zip(widths[:-1], widths[1:])])
+
+
+def dln_reference(widths: Sequence[int] = (8, 6, 4, 8), n: int = 100_000, seed: int = 0) -> Reference:
+    """A DLN at a random full-rank true parameter; λ from Aoyagi's formula with r = min(widths)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = deep_linear_network(widths)
+    with torch.no_grad():
+        for layer in model:
+            # Uniform(−1, 1)/sqrt(fan_in)-ish weights: generic, so the product has full rank a.s.
+            layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen) * 2 - 1) / layer.weight.shape[1] ** 0.5)
+        x = torch.rand(n, widths[0], generator=gen) * 20 - 10  # uniform in [−10, 10], as Furman & Lau
+        y = model(x)  # noiseless targets: w* is a true parameter, L_n(w*) = 0
+    config = SGLDConfig(lr=5e-7, localization=1.0, nbeta=None, chains=4, draws=2000, burnin=500, batch_size=500)
+    return Reference(
+        name=f"DLN {list(widths)} at a full-rank true parameter",
+        model=model,
+        data=(x, y),
+        llc=dln_learning_coefficient(list(widths), min(widths)),
+        config=config,
+    )
