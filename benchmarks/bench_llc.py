@@ -121,7 +121,7 @@ def main():
         # [N, 64]: devinterp feeds all 64 tokens to the model (n_ctx 64) and scores 63 of them, as we do
         data = torch.randint(0, 512, (1024, 64), device=device)
         cfg = SGLDConfig(lr=1e-4, localization=100.0, nbeta=30.0, chains=4, draws=100, burnin=0, batch_size=32,
-                         device=str(device), eval_samples=1024)
+                         device=str(device))
         for p in model.parameters():
             p.requires_grad_(True)
         ways = {

@@ -69,12 +69,6 @@ def batch_schedule(n: int, batch_size: int, steps: int, seed: int, repeat_every:
     return batches[which]
 
 
-def eval_indices(n: int, eval_samples: int, seed: int) -> torch.Tensor:
-    """The fixed evaluation set for L_n(w*): the first `eval_samples` of a seeded permutation."""
-    gen = torch.Generator().manual_seed(seed + 7919)  # a stream apart from the minibatch one
-    return torch.randperm(n, generator=gen)[: min(n, eval_samples)]
-
-
 def lm_cross_entropy(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy on token ids [B, T+1]: predict batch[:, 1:] from batch[:, :-1]."""
     out = model(batch[:, :-1])

@@ -2,8 +2,8 @@
 
 Verdict rules (each reason is a readable sentence in `Diagnostics.reasons`):
   fail  a chain diverged (non-finite loss; it is left out of λ̂), or no finite λ̂ at all.
-  warn  split-R-hat > 1.1, bulk ESS < 50, MALA acceptance < 0.5, λ̂ < 0, λ̂ > d/2 (no learning coefficient
-        exceeds that), or the trace still drifts at the end (|Δλ̂| over the last half > 10%, p < 0.01 across chains).
+  warn  split-R-hat > 1.1, bulk ESS < 50, MALA acceptance < 0.5, λ̂ < 0, λ̂ > d/2 by more than 3 s.e. (no
+        learning coefficient exceeds d/2), or the trace still drifts at the end (|Δλ̂| over the last half > 10%, p < 0.01 across chains).
   ok    none of the above.
 R-hat and ESS are the rank-normalized split versions of Vehtari et al. 2021, computed by ArviZ.
 """
@@ -105,7 +105,8 @@ def diagnose(
     if math.isfinite(llc):
         if llc < 0:
             warn.append(f"negative λ̂ ({llc:.4g}): w* is not a local minimum of the loss, or lr is too large")
-        if llc > num_params / 2:
+        se = float(np.std(llc_per_chain[ok], ddof=1) / math.sqrt(d.chains_ok)) if d.chains_ok > 1 else 0.0
+        if llc - 3 * se > num_params / 2:  # significantly above: a correct estimate of λ = d/2 lands there half the time
             warn.append(f"λ̂ {llc:.4g} exceeds d/2 = {num_params / 2:g}, the bound on any learning coefficient")
         q = draws.shape[1] // 4
         if q >= 2:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from slt_probe.data import Data, LossFn, batch_schedule, take
+from slt_probe.data import Data, LossFn, take
 
 
 @dataclass
@@ -40,7 +40,6 @@ class SGLDConfig:
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1"
     dtype: str = "float32"  # sampling precision, whatever the checkpoint's (bf16 weights are upcast)
     method: str = "auto"  # "vmap" | "loop" | "auto" (time both on the first steps, keep the faster)
-    eval_samples: int = 8192  # size of the fixed evaluation set on which L_n(w*) is measured
     mala_every: int = 10  # every k-th step pair measures the MALA acceptance ratio; 0 disables
 
     def __post_init__(self):
@@ -51,7 +50,7 @@ class SGLDConfig:
             raise ValueError("lr must be > 0")
         if self.nbeta is not None and not (self.nbeta > 0 and math.isfinite(self.nbeta)):
             raise ValueError(f"nbeta must be a finite number > 0, got {self.nbeta}")
-        for name in ("chains", "draws", "batch_size", "eval_samples"):
+        for name in ("chains", "draws", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.burnin < 0 or self.mala_every < 0:
@@ -146,22 +145,21 @@ def run_chains(
     loss_fn: LossFn,
     data: Data,
     config: SGLDConfig,
+    schedule: torch.Tensor,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> ChainTrace:
     """Sample `config.chains` SGLD chains around the model's current parameters.
 
     `model` must already be on the sampling device and dtype, in eval mode; `data` on the same device;
-    `config.nbeta` resolved. `progress(done_steps, total_steps)` is called now and then.
+    `config.nbeta` resolved; `schedule` [steps, batch] the minibatch indices of every step (data.batch_schedule).
+    `progress(done_steps, total_steps)` is called now and then.
     """
     device = next(model.parameters()).device
     flat = FlatModel(model, loss_fn)
     C, D, T = config.chains, flat.w0.numel(), config.steps
     lr, gamma, nbeta = config.lr, config.localization, float(config.nbeta)
     k = config.mala_every if config.mala_every >= 2 else 0
-    n = data.shape[0] if isinstance(data, torch.Tensor) else data[0].shape[0]
-
-    # The minibatch sequence and the noise depend on the seed alone (common random numbers).
-    schedule = batch_schedule(n, config.batch_size, T, config.seed, repeat_every=k).to(device)  # [T, B]
+    # The noise, like the minibatch schedule, depends on the seed alone (common random numbers).
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
 
     w0 = flat.w0  # [D]
