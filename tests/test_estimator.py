@@ -190,13 +190,25 @@ def test_bf16_checkpoints_are_sampled_in_float32():
 
 
 def test_parity_with_devinterp_on_the_attention_only_transformer():
-    """Same lr, nbeta, localization, chains, draws, batch; burn-in 0 (devinterp averages burn-in in)."""
+    """Same lr, nbeta, localization, chains, draws, batch; burn-in 0 (devinterp averages burn-in in).
+
+    Both engines share one minibatch sequence across chains, so part of their error is common to all
+    chains and the chain spread understates it (seed-to-seed sd here is ~1.7x the per-run s.e.). The
+    standard errors therefore come from independent seeds: 4 runs per engine.
+    """
     pytest.importorskip("devinterp")
     model = tiny_lm(seed=1)
     data = lm_tokens(n=512, seq=16, seed=1)
-    cfg = SGLDConfig(lr=3e-4, localization=100.0, nbeta=30.0, chains=8, draws=120, burnin=0, batch_size=32, seed=0)
-    ours = estimate_llc(model, data, config=cfg)
-    ref = estimate_llc(model, data, config=cfg, engine="devinterp")
-    assert ref.engine == "devinterp" and ref.loss_trace.shape == (8, 120)
-    combined = math.hypot(ours.llc_se, ref.llc_se)
-    assert abs(ours.llc_mean - ref.llc_mean) < 3 * combined, (ours, ref)
+    runs = {"slt": [], "devinterp": []}
+    for seed in range(4):
+        cfg = SGLDConfig(lr=3e-4, localization=100.0, nbeta=30.0, chains=4, draws=120, burnin=0, batch_size=32,
+                         seed=seed)
+        for engine in runs:
+            r = estimate_llc(model, data, config=cfg, engine=engine)
+            assert r.engine == engine and r.loss_trace.shape == (4, 120) and r.verdict != "fail"
+            runs[engine].append(r.llc_mean)
+    ours, ref = np.array(runs["slt"]), np.array(runs["devinterp"])
+    combined = math.hypot(ours.std(ddof=1) / 2, ref.std(ddof=1) / 2)
+    print(f"slt-probe {ours.mean():.4f} ± {ours.std(ddof=1) / 2:.4f}, devinterp {ref.mean():.4f} ± "
+          f"{ref.std(ddof=1) / 2:.4f}, difference {(ours.mean() - ref.mean()) / combined:+.2f} combined s.e.")
+    assert abs(ours.mean() - ref.mean()) < 3 * combined, (ours, ref)
