@@ -24,11 +24,8 @@ benchmarks/dln_reduced_rank.py runs the reduced-rank (local ≠ global) cases, r
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,20 +36,10 @@ from torch.func import jacrev
 from slt_probe.llc import LLCResult, estimate_llc
 from slt_probe.sampler import SGLDConfig
 from slt_probe.theory import dln_learning_coefficient, dln_parameter_count
+from modelfiles import load_model_file
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
-def load_model_file(name: str):
-    """Import models/<name>.py from its path; the repo root is not a package."""
-    mod_name = f"_slt_probe_test_models_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, MODELS_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 dln_mod = load_model_file("dln")

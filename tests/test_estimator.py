@@ -1,9 +1,6 @@
 """The estimator's mechanics: the two paths agree, results are reproducible, failures are reported."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,15 +11,9 @@ from slt_probe import SGLDConfig, estimate_llc
 from slt_probe.data import batch_schedule
 from slt_probe.diagnostics import diagnose
 from slt_probe.reference import deep_linear_network, mse
+from modelfiles import load_model_file
 
 
-def load_model_file(name: str):
-    path = Path(__file__).resolve().parents[1] / "models" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_est_models_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 attn_only = load_model_file("attn_only").attn_only

@@ -1,27 +1,14 @@
 """Tests for the user-facing model files in models/ (loaded by path, as the CLI does)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
+from modelfiles import load_model_file
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
-def load_model_file(name: str):
-    """Import models/<name>.py from its path; the repo root is not a package."""
-    mod_name = f"_slt_probe_test_models_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, MODELS_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 attn_only_mod = load_model_file("attn_only")
