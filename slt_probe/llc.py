@@ -95,12 +95,18 @@ def summarize(
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, loss_fn: LossFn, data: Data, batches: torch.Tensor, group: int = 4) -> float:
-    """Mean loss over equal-size minibatches `batches` [k, B], `group` of them per forward pass."""
+def evaluate_loss(model: nn.Module, loss_fn: LossFn, data: Data, batches: torch.Tensor, chunk: int) -> float:
+    """Mean loss over the multiset of samples in `batches` [k, B], each distinct sample evaluated once.
+
+    A sample seen m times weighs m; loss_fn must return the mean of per-sample losses over its batch.
+    Over several epochs this costs n forward samples instead of k·B.
+    """
+    uniq, counts = batches.reshape(-1).unique(return_counts=True)  # [u], [u]
     total = torch.zeros((), dtype=torch.float64, device=batches.device)
-    for chunk in batches.split(group):  # [g, B]: the mean over g equal batches is the mean of their means
-        total += loss_fn(model, take(data, chunk.reshape(-1))).double() * chunk.shape[0]
-    return float(total / batches.shape[0])
+    for m in counts.unique().tolist():
+        for part in uniq[counts == m].split(chunk):
+            total += loss_fn(model, take(data, part)).double() * (m * part.numel())
+    return float(total / batches.numel())
 
 
 def estimate_llc(
@@ -145,7 +151,7 @@ def estimate_llc(
     # Minibatches depend on the seed alone: every chain and every checkpoint sees the same sequence.
     k = config.mala_every if config.mala_every >= 2 else 0
     schedule = batch_schedule(n, config.batch_size, config.steps, config.seed, repeat_every=k).to(device)  # [T, B]
-    init_loss = evaluate_loss(work, loss_fn, data, schedule[config.burnin :])
+    init_loss = evaluate_loss(work, loss_fn, data, schedule[config.burnin :], chunk=4 * config.batch_size)
     if not math.isfinite(init_loss):
         raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")
 

@@ -203,3 +203,13 @@ def test_parity_with_devinterp_on_the_attention_only_transformer():
     print(f"slt-probe {ours.mean():.4f} ± {ours.std(ddof=1) / 2:.4f}, devinterp {ref.mean():.4f} ± "
           f"{ref.std(ddof=1) / 2:.4f}, difference {(ours.mean() - ref.mean()) / combined:+.2f} combined s.e.")
     assert abs(ours.mean() - ref.mean()) < 3 * combined, (ours, ref)
+
+
+def test_init_loss_is_the_mean_over_the_draws_samples_counted_with_multiplicity():
+    from slt_probe.llc import evaluate_loss
+
+    model, data = dln_problem(n=300)
+    batches = batch_schedule(300, 64, 20, seed=0, repeat_every=10)  # [20, 64]: ~4 epochs, MALA repeats
+    with torch.no_grad():
+        direct = torch.stack([mse(model, (data[0][b], data[1][b])) for b in batches]).mean()
+    assert evaluate_loss(model, mse, data, batches, chunk=50) == pytest.approx(float(direct), rel=1e-6)
