@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from slt_probe.llc import estimate_llc
+from slt_probe.reference import mse
 from slt_probe.sampler import SGLDConfig
 from slt_probe.theory import dln_learning_coefficient, dln_parameter_count
 
@@ -49,11 +50,6 @@ def load_dln_module():
     sys.modules[name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
     return module
-
-
-def mse(model, batch):
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
 
 
 def weights64(model) -> list[torch.Tensor]:

@@ -149,8 +149,7 @@ def estimate_llc(
     num_params = sum(p.numel() for p in work.parameters())
 
     # Minibatches depend on the seed alone: every chain and every checkpoint sees the same sequence.
-    k = config.mala_every if config.mala_every >= 2 else 0
-    schedule = batch_schedule(n, config.batch_size, config.steps, config.seed, repeat_every=k).to(device)  # [T, B]
+    schedule = batch_schedule(n, config.batch_size, config.steps, config.seed, config.mala_period).to(device)  # [T, B]
     init_loss = evaluate_loss(work, loss_fn, data, schedule[config.burnin :], chunk=4 * config.batch_size)
     if not math.isfinite(init_loss):
         raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")

@@ -64,6 +64,11 @@ class SGLDConfig:
     def steps(self) -> int:
         return self.burnin + self.draws
 
+    @property
+    def mala_period(self) -> int:
+        """k of the MALA step pairs; 0 when off (a period of 1 could pair no steps)."""
+        return self.mala_every if self.mala_every >= 2 else 0
+
     def resolved(self, n: int) -> "SGLDConfig":
         """The config with nβ made explicit, as it is stored beside every result."""
         if self.nbeta is not None:
@@ -158,7 +163,7 @@ def run_chains(
     flat = FlatModel(model, loss_fn)
     C, D, T = config.chains, flat.w0.numel(), config.steps
     lr, gamma, nbeta = config.lr, config.localization, float(config.nbeta)
-    k = config.mala_every if config.mala_every >= 2 else 0
+    k = config.mala_period
     # The noise, like the minibatch schedule, depends on the seed alone (common random numbers).
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
 

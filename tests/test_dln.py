@@ -34,6 +34,7 @@ from scipy.stats import spearmanr
 from torch.func import jacrev
 
 from slt_probe.llc import LLCResult, estimate_llc
+from slt_probe.reference import mse
 from slt_probe.sampler import SGLDConfig
 from slt_probe.theory import dln_learning_coefficient, dln_parameter_count
 from modelfiles import load_model_file
@@ -83,11 +84,6 @@ def make_problem(widths: list[int], seed: int, n: int = N_SAMPLES):
         x = (torch.rand(n, widths[0], generator=g) * 2 - 1) * INPUT_RANGE
         y = model(x)
     return model, (x, y)
-
-
-def mse(model, batch):
-    x, y = batch
-    return ((model(x) - y) ** 2).mean()
 
 
 def product_rank(model) -> int:
