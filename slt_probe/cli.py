@@ -76,5 +76,228 @@ def reference(
         typer.echo(f"    - {reason}")
 
 
+
+# ----------------------------------------------------------------------------------------------------------
+# walk and inspect
+
+
+def fail(message: str, debug: bool) -> None:
+    """Bad input: one line, exit code 2; the traceback only with --debug."""
+    if debug:
+        raise
+    console.print(f"error: {message}", style="red", highlight=False, markup=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def sgld_config(config_file: Optional[str], options: dict):
+    """SGLDConfig from --config (TOML/JSON, keys = SGLDConfig fields) overridden by the command line."""
+    from dataclasses import fields
+
+    from slt_probe.errors import InputError
+    from slt_probe.inputs import read_kwargs
+
+    values = read_kwargs(config_file) if config_file else {}
+    values = values.get("sgld", values)  # [sgld] table or top-level keys
+    known = {f.name for f in fields(slt_probe.SGLDConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"{config_file}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    values.update({k: v for k, v in options.items() if v is not None})
+    try:
+        return slt_probe.SGLDConfig(**values)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{config_file or 'config'}: {e}") from None
+
+
+def parse_steps(steps: Optional[str]) -> Optional[list[int]]:
+    from slt_probe.errors import InputError
+
+    if steps is None:
+        return None
+    try:
+        return [int(s) for s in steps.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise InputError(f"--steps expects comma-separated integers, got {steps!r}") from None
+
+
+@app.command()
+def walk(
+    ckpt_dir: str = typer.Argument(..., help="folder of checkpoints (files or Hugging Face checkpoint folders)"),
+    out: str = typer.Option("results.h5", "--out", "-o", help="HDF5 results file (resumed when it exists)"),
+    model: Optional[str] = typer.Option(None, help="path/to/file.py:factory or package.module:factory"),
+    model_config: Optional[str] = typer.Option(None, help="JSON/TOML file of keyword arguments for the factory"),
+    data: Optional[str] = typer.Option(None, help=".npy | .bin | .pt | .npz | file.h5:dataset | text file"),
+    context: Optional[int] = typer.Option(None, help="window length for 1-D token streams and text"),
+    tokenizer: Optional[str] = typer.Option(None, help="'byte' for text files"),
+    loss: Optional[str] = typer.Option(None, help="file.py:fn, loss_fn(model, batch) -> mean loss (default: next-token CE)"),
+    config: Optional[str] = typer.Option(None, help="TOML/JSON file of SGLD settings; command-line options win"),
+    lr: Optional[float] = typer.Option(None, help="ε, SGLD step size [1e-4]"),
+    localization: Optional[float] = typer.Option(None, help="γ, pull back to the checkpoint [100]"),
+    nbeta: Optional[float] = typer.Option(None, help="nβ, inverse temperature × n [n / log n]"),
+    chains: Optional[int] = typer.Option(None, help="number of chains [4]"),
+    draws: Optional[int] = typer.Option(None, help="kept draws per chain [200]"),
+    burnin: Optional[int] = typer.Option(None, help="burn-in steps discarded per chain [50]"),
+    batch_size: Optional[int] = typer.Option(None, help="minibatch size [32]"),
+    seed: Optional[int] = typer.Option(None, help="seed of minibatches and noise, shared by all checkpoints [0]"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:i] [auto]"),
+    dtype: Optional[str] = typer.Option(None, help="sampling precision: float32 | float64 [float32]"),
+    method: Optional[str] = typer.Option(None, help="auto | vmap | loop [auto]"),
+    mala_every: Optional[int] = typer.Option(None, help="measure MALA acceptance every k steps, 0 = off [10]"),
+    engine: str = typer.Option("slt", help="slt | devinterp"),
+    steps: Optional[str] = typer.Option(None, help="only these steps, e.g. 100,200,400"),
+    every: Optional[int] = typer.Option(None, help="every K-th checkpoint (and the last)"),
+    max_checkpoints: Optional[int] = typer.Option(None, help="at most N checkpoints, log-spaced in step"),
+    dry_run: bool = typer.Option(False, help="list what would be walked and stop"),
+    overwrite: bool = typer.Option(False, help="start again when --out holds a different walk"),
+    quiet: bool = typer.Option(False, help="no progress bar or per-checkpoint lines"),
+    debug: bool = typer.Option(False, help="show Python tracebacks"),
+):
+    """Estimate λ̂ at every checkpoint in CKPT_DIR, with the same settings, into one HDF5 file."""
+    import shlex
+    import sys
+
+    from slt_probe import checkpoints as ck
+    from slt_probe import inputs
+    from slt_probe.data import check_lm_tokens, num_samples
+    from slt_probe.errors import InputError
+    from slt_probe.sampler import resolve_device
+    from slt_probe.walker import walk as walk_checkpoints
+
+    try:
+        cfg = sgld_config(config, dict(lr=lr, localization=localization, nbeta=nbeta, chains=chains, draws=draws,
+                                       burnin=burnin, batch_size=batch_size, seed=seed, device=device, dtype=dtype,
+                                       method=method, mala_every=mala_every))
+        if engine not in ("slt", "devinterp"):
+            raise InputError(f"--engine must be slt or devinterp, got {engine!r}")
+        found, skipped = ck.discover(ckpt_dir)
+        todo = ck.select(found, steps=parse_steps(steps), every=every, max_checkpoints=max_checkpoints)
+        if dry_run:
+            for path, why in skipped:
+                typer.echo(f"skip  {path}  ({why})")
+            for c in todo:
+                typer.echo(f"{c.step:>10}  {c.format:<12} {c.path}")
+            typer.echo(f"{len(todo)} of {len(found)} checkpoints would be walked")
+            return
+        if model is not None:
+            net, model_desc = inputs.build_model(model, model_config)
+        else:
+            hf = ck.hf_config_path(todo[0])
+            if hf is None:
+                raise InputError(f"{todo[0].path}: not a Hugging Face folder with config.json; pass --model")
+            net, model_desc = inputs.build_hf_model(hf)
+        if data is None:
+            raise InputError("--data is required: the samples λ̂ is measured on")
+        dataset, data_desc = inputs.load_data(data, context=context, tokenizer=tokenizer)
+        loss_fn = inputs.load_loss(loss)
+        if loss_fn is None:
+            try:
+                check_lm_tokens(dataset)
+            except ValueError as e:
+                raise InputError(f"{data}: {e}") from None
+            inputs.check_tokens_fit(dataset, net, data_path=data)
+        if cfg.batch_size > num_samples(dataset):
+            raise InputError(f"{data}: {num_samples(dataset)} samples, fewer than --batch-size {cfg.batch_size}")
+        resolve_device(cfg.device)
+    except (InputError, ValueError) as e:
+        fail(str(e), debug)
+
+    meta = {"command": shlex.join(["slt-probe", *sys.argv[1:]]), "config": cfg.to_dict(),
+            "model": model_desc, "data": data_desc, "loss": loss or "next-token cross-entropy",
+            "checkpoint_dir": str(ck_dir_abs(ckpt_dir))}
+    with walk_progress(quiet) as bar:
+        outer = bar.add_task("checkpoints", total=len(todo), unit="ckpt")
+        inner = bar.add_task("SGLD", total=cfg.steps, unit="step", visible=False)
+
+        def on_event(kind, **info):
+            if kind == "start":
+                bar.update(inner, completed=0, visible=True, description=f"step {info['checkpoint'].step}")
+            elif kind == "steps":
+                bar.update(inner, completed=info["done"], total=info["total"])
+            elif kind in ("done", "skip"):
+                bar.advance(outer)
+                bar.update(inner, visible=False)
+                if not quiet:
+                    bar.console.print(checkpoint_line(info["row"], skipped=kind == "skip"), highlight=False)
+
+        try:
+            summary = walk_checkpoints(todo, out, model=net, data=dataset, loss_fn=loss_fn, config=cfg,
+                                       engine=engine, root=ckpt_dir, meta=meta, overwrite=overwrite,
+                                       on_event=on_event)
+        except InputError as e:
+            bar.stop()
+            fail(str(e), debug)
+    if not quiet:
+        console.print(f"{summary.computed} estimated, {summary.skipped} already done → {out}", highlight=False)
+    if summary.failed:
+        console.print(f"{len(summary.failed)} of {summary.total} checkpoints failed:", style="red", highlight=False)
+        for f in summary.failed:
+            console.print(f"  {f['message']}", highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+def ck_dir_abs(path: str) -> str:
+    from pathlib import Path
+
+    return str(Path(path).resolve())
+
+
+def walk_progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description:>14}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet)
+
+
+def checkpoint_line(row: dict, skipped: bool = False) -> str:
+    if row["status"] != "ok":
+        return f"step {row['step']:>8}  FAILED  {row['message']}"
+    tag = "  (already done)" if skipped else f"  {row['seconds']:.1f} s"
+    return (f"step {row['step']:>8}  loss {row['init_loss']:.4f}  λ̂ {row['llc_mean']:.3f} ± {row['llc_se']:.3f}  "
+            f"{row['verdict']}{tag}")
+
+
+@app.command()
+def inspect(
+    results: str = typer.Argument(..., help="HDF5 file written by slt-probe walk"),
+    as_json: bool = typer.Option(False, "--json", help="print configuration and table as JSON"),
+    debug: bool = typer.Option(False, help="show Python tracebacks"),
+):
+    """Print a results file's configuration and its per-checkpoint table."""
+    import math
+
+    from rich.table import Table
+
+    try:
+        res = slt_probe.load_results(results)
+    except (OSError, ValueError) as e:
+        fail(f"{results}: {e}", debug)
+    t = res.table
+    if as_json:
+        rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                for r in t.drop(columns=["sha256"]).to_dict(orient="records")]
+        typer.echo(json.dumps({"path": results, "attrs": res.attrs, "checkpoints": rows}, default=str))
+        return
+    out = Console()
+    a = res.attrs
+    out.print(f"[bold]{results}[/bold]  {len(t)} checkpoints, engine {a.get('engine')} ({a.get('method')}), "
+              f"device {a.get('device')}, created {a.get('created')}", highlight=False)
+    out.print(f"  command: {a.get('command', '')}", highlight=False, markup=False)
+    cfg = a.get("config_resolved", {})
+    out.print("  config:  " + "  ".join(f"{k} {v}" for k, v in cfg.items()), highlight=False, markup=False)
+    model, data = a.get("model", {}), a.get("data", {})
+    out.print(f"  model:   {model.get('spec', model.get('class', ''))}  ({a.get('num_params')} parameters)",
+              highlight=False, markup=False)
+    out.print(f"  data:    {data.get('path', '')}  {a.get('num_samples')} samples  sha256 {str(data.get('sha256', ''))[:12]}",
+              highlight=False, markup=False)
+    table = Table(show_edge=False)
+    for col in ("step", "status", "loss", "λ̂", "± s.e.", "verdict", "reasons"):
+        table.add_column(col, justify="right" if col in ("step", "loss", "λ̂", "± s.e.") else "left")
+    for r in t.itertuples():
+        if r.status == "ok":
+            table.add_row(str(r.step), r.status, f"{r.init_loss:.4f}", f"{r.llc_mean:.3f}", f"{r.llc_se:.3f}",
+                          r.verdict, r.reasons)
+        else:
+            table.add_row(str(r.step), r.status, "", "", "", "", r.message)
+    out.print(table)
+
+
 if __name__ == "__main__":
     app()

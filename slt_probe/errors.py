@@ -1,0 +1,16 @@
+"""The two kinds of bad input, kept apart because the walk treats them differently.
+
+InputError: the command cannot start (no checkpoints, unreadable data, a model spec that does not import).
+The CLI prints its one-line message and exits with code 2.
+CheckpointError: one checkpoint cannot be used (truncated, wrong keys, NaN weights, a pickle that would run
+code). The walk records it as failed with the message and goes on to the next one.
+Both messages are one line and name the file and what is wrong.
+"""
+
+
+class InputError(ValueError):
+    pass
+
+
+class CheckpointError(Exception):
+    pass

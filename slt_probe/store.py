@@ -1,0 +1,226 @@
+"""The HDF5 results file of a walk: its schema, in one place, and how it is written and read.
+
+One file per walk. Root attributes describe the run (versions, command line, config, model, data);
+datasets run along a checkpoint axis of length K, one row per checkpoint, sorted by step. Every
+dataset carries a `description` attribute, so the file explains itself to h5py, pandas or xarray.
+
+Crash safety: HDF5 is not journaled (a writer killed mid-update can leave a file that no longer
+opens), so the file is never modified in place. Each update writes a complete new file beside it and
+renames it over the old one (os.replace is atomic on POSIX and Windows): at any moment, `results.h5`
+is the last complete version, whatever kills the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import h5py
+import numpy as np
+
+SCHEMA = "slt-probe.walk"
+SCHEMA_VERSION = 1
+
+# (name, kind, description). kind: scalar dtype, or "chain" [K, C], "trace" [K, C, draws], "burnin" [K, C, burnin].
+COLUMNS: list[tuple[str, str, str]] = [
+    ("step", "int64", "training step of the checkpoint (from its name or its stored step key)"),
+    ("path", "str", "checkpoint file or folder, relative to the checkpoint directory"),
+    ("format", "str", "checkpoint format: torch | lightning | safetensors | hf"),
+    ("sha256", "str", "sha256 of the checkpoint's weight files; a rerun skips rows whose hash is unchanged"),
+    ("status", "str", "ok: estimated; failed: the checkpoint could not be used (see message)"),
+    ("message", "str", "why the checkpoint failed (one line); empty when status is ok"),
+    ("finished", "str", "when this row was written (ISO 8601, UTC)"),
+    ("seconds", "float64", "wall seconds for this checkpoint: loading, L_n(w*) and sampling"),
+    ("init_loss", "float64", "L_n(w*): mean loss at the checkpoint on the samples the kept draws see"),
+    ("llc_mean", "float64", "λ̂ = nβ (mean sampled loss − L_n(w*)) averaged over the chains that did not diverge"),
+    ("llc_std", "float64", "standard deviation of λ̂ across those chains (ddof 1)"),
+    ("llc_se", "float64", "standard error of llc_mean: llc_std / sqrt(chains that did not diverge)"),
+    ("llc_per_chain", "chain", "λ̂ of each chain [checkpoint, chain]; NaN for a diverged chain"),
+    ("loss_trace", "trace", "minibatch loss of every kept draw [checkpoint, chain, draw]"),
+    ("burnin_trace", "burnin", "minibatch loss during burn-in [checkpoint, chain, step]; not used in λ̂"),
+    ("rhat", "float64", "rank-normalized split R-hat of the loss traces (Vehtari et al. 2021, ArviZ)"),
+    ("ess_bulk", "float64", "bulk effective sample size of the loss traces, all chains (ArviZ)"),
+    ("ess_tail", "float64", "tail effective sample size of the loss traces, all chains (ArviZ)"),
+    ("acceptance", "float64", "mean MALA acceptance probability of the SGLD steps after burn-in"),
+    ("drift", "float64", "(λ̂ over the last quarter of draws − λ̂ over the third) / |λ̂|: is the trace still moving"),
+    ("chains_ok", "int64", "number of chains that did not diverge"),
+    ("verdict", "str", "ok | warn | fail: is this estimate trustworthy (see reasons)"),
+    ("reasons", "str", "the diagnostics' reasons for the verdict, joined by '; '"),
+]
+KINDS = {name: kind for name, kind, _ in COLUMNS}
+_STR = h5py.string_dtype()
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("slt-probe", "torch", "devinterp", "numpy", "h5py"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def empty_row(chains: int, draws: int, burnin: int) -> dict[str, Any]:
+    """A row with every numeric field NaN (what a failed checkpoint stores)."""
+    row: dict[str, Any] = {}
+    for name, kind, _ in COLUMNS:
+        if kind == "str":
+            row[name] = ""
+        elif kind == "int64":
+            row[name] = 0
+        elif kind == "float64":
+            row[name] = float("nan")
+    row["llc_per_chain"] = np.full(chains, np.nan)
+    row["loss_trace"] = np.full((chains, draws), np.nan, dtype=np.float32)
+    row["burnin_trace"] = np.full((chains, burnin), np.nan, dtype=np.float32)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------------
+# writing
+
+
+def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains: int, draws: int, burnin: int) -> None:
+    """Write the whole file atomically: attrs (JSON-encoded when not str/number) and rows sorted by step."""
+    path = Path(path)
+    rows = sorted(rows, key=lambda r: r["step"])
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+            f.attrs["updated"] = utc_now()
+            f.attrs["num_checkpoints"] = len(rows)
+            k = len(rows)
+            for name, kind, description in COLUMNS:
+                values = [r[name] for r in rows]
+                if kind == "str":
+                    ds = f.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR, maxshape=(None,))
+                elif kind in ("int64", "float64"):
+                    ds = f.create_dataset(name, data=np.array(values, dtype=kind).reshape(k), maxshape=(None,))
+                else:
+                    inner = {"chain": (chains,), "trace": (chains, draws), "burnin": (chains, burnin)}[kind]
+                    dtype = np.float64 if kind == "chain" else np.float32
+                    arr = np.stack(values).astype(dtype) if values else np.zeros((0, *inner), dtype)
+                    big = kind != "chain" and 0 not in inner
+                    # one checkpoint per chunk: a row is read or written as a unit
+                    ds = f.create_dataset(name, data=arr, maxshape=(None, *inner),
+                                          chunks=(1, *inner) if big else None,
+                                          compression="gzip" if big else None, shuffle=big)
+                ds.attrs["description"] = description
+                if kind in ("trace", "burnin", "chain"):
+                    ds.attrs["dims"] = json.dumps(["checkpoint", "chain", "draw" if kind == "trace" else "step"][: arr.ndim])
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())  # the rename must not become visible before the data
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open folders; its rename is durable enough
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporaries left by a killed writer (never the live file)."""
+    for tmp in Path(path).parent.glob(f"{Path(path).name}.tmp*"):
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(attrs, rows) of a results file; raises ValueError when it is not one."""
+    with h5py.File(path, "r") as f:
+        if _decode_attr(f.attrs.get("schema")) != SCHEMA:
+            raise ValueError("not an slt-probe results file (no schema attribute)")
+        version = int(f.attrs.get("schema_version", 0))
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"written by a newer slt-probe (schema {version} > {SCHEMA_VERSION})")
+        attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+        arrays = {}
+        for name, kind, _ in COLUMNS:
+            if name not in f:
+                raise ValueError(f"dataset {name!r} is missing")
+            arrays[name] = f[name].asstr()[...] if kind == "str" else f[name][...]
+    k = len(arrays["step"])
+    rows = [{name: (arrays[name][i].item() if arrays[name].ndim == 1 and kind != "str" else arrays[name][i])
+             for name, kind, _ in COLUMNS} for i in range(k)]
+    for r in rows:
+        for name, kind, _ in COLUMNS:
+            if kind == "str":
+                r[name] = str(r[name])
+    return attrs, rows
+
+
+@dataclass
+class Results:
+    """A walk's results: `table` has one row per checkpoint; `arrays` the full per-chain / per-draw data."""
+
+    path: Path
+    attrs: dict[str, Any]
+    arrays: dict[str, np.ndarray]  # every dataset, along the checkpoint axis
+    table: Any  # pandas.DataFrame of the one-value-per-checkpoint columns, indexed by row
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.attrs["config_resolved"]
+
+    def __repr__(self) -> str:
+        return f"Results({str(self.path)!r}, {len(self.table)} checkpoints, engine {self.attrs.get('engine')!r})"
+
+
+def load_results(path: str | Path) -> Results:
+    """Read a results file: `load_results("results.h5").table` is the λ̂ curve as a DataFrame."""
+    import pandas as pd
+
+    path = Path(path)
+    attrs, _ = read(path)  # validates the schema
+    with h5py.File(path, "r") as f:
+        arrays = {name: (f[name].asstr()[...] if kind == "str" else f[name][...]) for name, kind, _ in COLUMNS}
+    table = pd.DataFrame({name: arrays[name] for name, kind, _ in COLUMNS if kind not in ("chain", "trace", "burnin")})
+    return Results(path=path, attrs=attrs, arrays=arrays, table=table)
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> Optional[str]:
+    """The first field that differs between two flat dicts, as 'lr 0.0001 → 0.0002', or None."""
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"{key} {old.get(key)!r} → {new.get(key)!r}"
+    return None

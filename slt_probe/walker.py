@@ -1,0 +1,209 @@
+"""Walk a folder of checkpoints: λ̂ at each one, with the same hyperparameters, into one HDF5 file.
+
+Every checkpoint is estimated with the same config, the same seed and therefore the same minibatch
+sequence and noise (common random numbers), so differences along the curve are the model's, not the
+sampler's. The walk resumes: a checkpoint whose row is already in the file with the same weights hash is
+skipped, and the file is rewritten atomically after each checkpoint (store.py), so an interrupted walk
+loses at most the checkpoint it was working on and a rerun completes it with identical numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from slt_probe import store
+from slt_probe.checkpoints import Checkpoint, checkpoint_sha256, discover, load_into, load_state_dict
+from slt_probe.data import Data, LossFn, num_samples, to_device
+from slt_probe.errors import CheckpointError, InputError
+from slt_probe.llc import LLCResult, estimate_llc
+from slt_probe.sampler import SGLDConfig, resolve_device
+
+# Fields of SGLDConfig that may differ between a run and its resume: they change where and how fast it runs,
+# not what it computes. (method is resolved once per walk and stored; see _sampling_method.)
+_RESUME_FREE = {"device", "method"}
+
+
+@dataclass
+class WalkSummary:
+    out: Path
+    total: int  # checkpoints in this walk
+    computed: int = 0
+    skipped: int = 0  # already in the file with the same weights
+    failed: list[dict] = field(default_factory=list)  # {"step", "path", "message"}
+    method: str = ""
+
+
+Event = Callable[..., None]  # on_event(kind, **info); kinds: "start", "skip", "steps", "done"
+
+
+def _row(ckpt: Checkpoint, root: Path, sha: str, config: SGLDConfig) -> dict[str, Any]:
+    row = store.empty_row(config.chains, config.draws, config.burnin)
+    row.update(step=ckpt.step, path=_relative(ckpt.path, root), format=ckpt.format, sha256=sha)
+    return row
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _fill(row: dict[str, Any], r: LLCResult) -> None:
+    d = r.diagnostics
+    row.update(
+        status="ok", init_loss=r.init_loss, llc_mean=r.llc_mean, llc_std=r.llc_std, llc_se=r.llc_se,
+        llc_per_chain=np.asarray(r.llc_per_chain, dtype=np.float64),
+        loss_trace=np.asarray(r.loss_trace, dtype=np.float32), burnin_trace=np.asarray(r.burnin_trace, dtype=np.float32),
+        rhat=d.rhat, ess_bulk=d.ess_bulk, ess_tail=d.ess_tail, acceptance=d.acceptance, drift=d.drift,
+        chains_ok=d.chains_ok, verdict=d.verdict, reasons="; ".join(d.reasons),
+    )
+
+
+def _sampling_method(model: nn.Module, data: Data, loss_fn: Optional[LossFn], config: SGLDConfig) -> str:
+    """Resolve method="auto" once for the whole walk, by timing both paths on a few steps.
+
+    Per checkpoint, "auto" would time again and could pick differently on a noisy machine; the two paths
+    agree only to float rounding, so a resumed walk would not reproduce the uninterrupted one bit for bit.
+    """
+    probe = replace(config, draws=6, burnin=0, chains=config.chains, mala_every=0, method="auto")
+    return estimate_llc(model, data, loss_fn=loss_fn, config=probe).diagnostics.method
+
+
+def walk(
+    checkpoints: list[Checkpoint] | Path | str,
+    out: Path | str,
+    *,
+    model: nn.Module,
+    data: Data,
+    loss_fn: Optional[LossFn] = None,
+    config: Optional[SGLDConfig] = None,
+    engine: str = "slt",
+    root: Path | str = ".",
+    meta: Optional[dict[str, Any]] = None,
+    overwrite: bool = False,
+    on_event: Optional[Event] = None,
+) -> WalkSummary:
+    """Estimate λ̂ at every checkpoint (in step order) and write them to `out`.
+
+    checkpoints: from checkpoints.discover/select, or a folder to walk whole.
+    model: built by the factory; its weights are replaced by each checkpoint's in turn.
+    root: the checkpoint folder (paths in the file are relative to it).
+    meta: run description stored in the root attributes (command line, model spec, data spec, ...).
+    Raises InputError before any work when `out` holds a different walk (and overwrite is False).
+    """
+    if isinstance(checkpoints, (str, Path)):  # a folder: every checkpoint in it
+        root, checkpoints = checkpoints, discover(checkpoints)[0]
+    out = Path(out)
+    emit = on_event or (lambda kind, **info: None)
+    config = (config or SGLDConfig()).resolved(num_samples(data))
+    device = resolve_device(config.device)
+    model = model.to(device)
+    data = to_device(data, device)
+
+    attrs = {
+        "schema": store.SCHEMA, "schema_version": store.SCHEMA_VERSION,
+        "description": "local learning coefficient (λ̂) at each checkpoint of a training run, by slt-probe walk",
+        "created": store.utc_now(), "engine": engine, "device": str(device),
+        "config_resolved": config.to_dict(), "num_params": sum(p.numel() for p in model.parameters()),
+        "num_samples": num_samples(data), "versions": store.versions(), **(meta or {}),
+    }
+    for dist in ("slt-probe", "torch", "devinterp"):
+        attrs[f"{dist.replace('-', '_')}_version"] = attrs["versions"][dist]
+
+    rows: dict[int, dict[str, Any]] = {}
+    method = None
+    if out.exists() and not overwrite:
+        try:
+            old_attrs, old_rows = store.read(out)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{out}: exists and is not a readable slt-probe results file ({e}); "
+                             f"pass --overwrite or choose another --out") from None
+        _check_same_walk(out, old_attrs, attrs)
+        attrs["created"] = old_attrs.get("created", attrs["created"])
+        method = old_attrs.get("method")
+        rows = {r["step"]: r for r in old_rows}
+    store.remove_stale_temporaries(out)
+
+    if engine == "devinterp":
+        method = "devinterp"
+    elif config.method != "auto":
+        method = config.method
+    elif method is None:
+        method = _sampling_method(model, data, loss_fn, config)
+    attrs["method"] = method
+    run_config = replace(config, method=method) if engine == "slt" else config
+
+    summary = WalkSummary(out=out, total=len(checkpoints), method=method)
+    for i, ckpt in enumerate(checkpoints):
+        start = time.perf_counter()
+        try:
+            sha = checkpoint_sha256(ckpt)
+        except OSError as e:
+            sha = ""
+            error = f"{ckpt.path}: cannot be read ({e.strerror or e})"
+        else:
+            error = None
+        old = rows.get(ckpt.step)
+        if error is None and old is not None and old["status"] == "ok" and old["sha256"] == sha:
+            summary.skipped += 1
+            emit("skip", index=i, checkpoint=ckpt, row=old)
+            continue
+
+        emit("start", index=i, checkpoint=ckpt)
+        row = _row(ckpt, Path(root), sha, config)
+        if error is None:
+            try:
+                load_into(model, load_state_dict(ckpt, device), source=str(ckpt.path))
+                result = estimate_llc(model, data, loss_fn=loss_fn, config=run_config, engine=engine,
+                                      progress=lambda done, total: emit("steps", done=done, total=total))
+                _fill(row, result)
+            except CheckpointError as e:
+                error = str(e)
+            except (ValueError, RuntimeError, TypeError, IndexError) as e:  # the forward pass failed on these weights
+                error = f"{ckpt.path}: {type(e).__name__}: {_first_line(e)}"
+        if error is not None:
+            row.update(status="failed", message=error, verdict="fail")
+            summary.failed.append({"step": ckpt.step, "path": str(ckpt.path), "message": error})
+        else:
+            summary.computed += 1
+        row["seconds"] = time.perf_counter() - start
+        row["finished"] = store.utc_now()
+        rows[ckpt.step] = row
+        store.write(out, attrs, list(rows.values()), config.chains, config.draws, config.burnin)
+        emit("done", index=i, checkpoint=ckpt, row=row)
+    return summary
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _check_same_walk(out: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Resume only the same computation: same config, engine, model and data."""
+    hint = "write elsewhere with --out, or pass --overwrite to start again"
+    old_cfg = {k: v for k, v in (old.get("config_resolved") or {}).items() if k not in _RESUME_FREE}
+    new_cfg = {k: v for k, v in new["config_resolved"].items() if k not in _RESUME_FREE}
+    diff = store.describe_difference(old_cfg, new_cfg)
+    if diff:
+        raise InputError(f"{out}: holds a walk with a different config ({diff}); {hint}")
+    for key in ("engine", "num_params", "num_samples"):
+        if old.get(key) != new.get(key):
+            raise InputError(f"{out}: holds a walk with a different {key} ({old.get(key)!r} → {new.get(key)!r}); {hint}")
+    old_data, new_data = old.get("data") or {}, new.get("data") or {}
+    if old_data.get("sha256") != new_data.get("sha256"):
+        raise InputError(f"{out}: holds a walk on different data (sha256 {str(old_data.get('sha256'))[:12]} → "
+                         f"{str(new_data.get('sha256'))[:12]}); {hint}")
+    old_model, new_model = old.get("model") or {}, new.get("model") or {}
+    for key in ("spec", "kwargs"):
+        if old_model.get(key) != new_model.get(key):
+            raise InputError(f"{out}: holds a walk of a different model ({key} {old_model.get(key)!r} → "
+                             f"{new_model.get(key)!r}); {hint}")

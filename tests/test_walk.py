@@ -1,0 +1,273 @@
+"""The checkpoint walker end to end: `slt-probe walk` / `inspect`, the HDF5 store, resume, kill -9, bad input.
+
+A tiny attention-only transformer is trained for a few steps in the test and saved as checkpoints; the
+walk runs on the CPU with a small SGLD budget (the estimator's accuracy is tested elsewhere).
+"""
+
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from modelfiles import MODELS_DIR, load_model_file
+from typer.testing import CliRunner
+
+import slt_probe
+from slt_probe import store
+from slt_probe.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_KW = dict(vocab_size=32, n_ctx=8, d_model=16, n_heads=2)
+STEPS = [0, 10, 20, 30]
+SGLD = ["--chains", "2", "--draws", "24", "--burnin", "8", "--batch-size", "16", "--lr", "1e-4", "--nbeta", "30",
+        "--localization", "100", "--seed", "3", "--method", "loop"]
+runner = CliRunner()
+
+
+def train_checkpoints(folder: Path, tokens: np.ndarray, steps=STEPS, name="step_{}.pt") -> None:
+    torch.manual_seed(0)
+    model = load_model_file("attn_only").attn_only(**MODEL_KW)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ids = torch.from_numpy(tokens).long()
+    folder.mkdir(parents=True, exist_ok=True)
+    for step in range(max(steps) + 1):
+        if step in steps:
+            torch.save(model.state_dict(), folder / name.format(step))
+        loss = slt_probe.data.lm_cross_entropy(model, ids[torch.randint(0, len(ids), (32,))])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.fixture()
+def run(tmp_path):
+    """A run folder: ckpts/ with 4 checkpoints, data.npy token ids [256, 9], model.json."""
+    rng = np.random.default_rng(0)
+    tokens = (np.arange(256 * 9).reshape(256, 9) * 7 + rng.integers(0, 3, (256, 9))) % 32  # learnable
+    np.save(tmp_path / "data.npy", tokens.astype(np.int64))
+    (tmp_path / "model.json").write_text(json.dumps(MODEL_KW))
+    train_checkpoints(tmp_path / "ckpts", tokens)
+    return tmp_path
+
+
+def walk_args(run: Path, out="results.h5", *extra, quiet=True):
+    return ["walk", str(run / "ckpts"), "--out", str(run / out), "--model", f"{MODELS_DIR / 'attn_only.py'}:attn_only",
+            "--model-config", str(run / "model.json"), "--data", str(run / "data.npy"), *SGLD,
+            *(["--quiet"] if quiet else []), *extra]
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def one_line_error(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert "Traceback" not in output, output
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: "), output
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the happy path and the schema
+
+
+def test_walk_writes_a_self_describing_results_file(run):
+    code, out = invoke(*walk_args(run))
+    assert code == 0, out
+    res = slt_probe.load_results(run / "results.h5")
+    t = res.table
+    assert list(t.step) == STEPS and set(t.status) == {"ok"}
+    assert np.isfinite(t.llc_mean).all() and np.isfinite(t.init_loss).all()
+    assert t.init_loss.iloc[-1] < t.init_loss.iloc[0]  # the checkpoints did train
+    assert res.arrays["loss_trace"].shape == (4, 2, 24) and res.arrays["burnin_trace"].shape == (4, 2, 8)
+    assert res.arrays["llc_per_chain"].shape == (4, 2)
+    np.testing.assert_allclose(res.arrays["llc_per_chain"].mean(1), t.llc_mean, rtol=1e-12)
+    for path in run.joinpath("ckpts").iterdir():
+        row = t[t.path == path.name].iloc[0]
+        assert row.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    a = res.attrs
+    assert a["schema"] == store.SCHEMA and a["schema_version"] == store.SCHEMA_VERSION
+    assert a["config_resolved"]["lr"] == 1e-4 and a["config_resolved"]["nbeta"] == 30 and a["method"] == "loop"
+    assert a["data"]["sha256"] == hashlib.sha256((run / "data.npy").read_bytes()).hexdigest()
+    assert a["model"]["kwargs"] == MODEL_KW and a["num_samples"] == 256
+    assert a["torch_version"] == torch.__version__.split("+")[0] or a["torch_version"] == torch.__version__
+    assert "walk" in a["command"] and a["devinterp_version"] == "2.0.1"
+
+    with h5py.File(run / "results.h5", "r") as f:  # every dataset says what it is
+        for name in f:
+            assert f[name].attrs["description"], name
+        assert set(f) == {name for name, _, _ in store.COLUMNS}
+    readme = (REPO / "README.md").read_text()
+    for name, _, _ in store.COLUMNS:  # and the README documents every one
+        assert f"`{name}`" in readme, f"README.md does not document dataset {name}"
+
+
+def test_inspect_prints_config_and_table(run):
+    assert invoke(*walk_args(run))[0] == 0
+    code, out = invoke("inspect", run / "results.h5")
+    assert code == 0, out
+    assert "lr" in out and "nbeta" in out and all(re.search(rf"\b{s}\b", out) for s in map(str, STEPS))
+    code, out = invoke("inspect", run / "results.h5", "--json")
+    d = json.loads(out)
+    assert [r["step"] for r in d["checkpoints"]] == STEPS and d["attrs"]["config_resolved"]["chains"] == 2
+
+
+def test_python_api_walks_a_folder(run):
+    model = load_model_file("attn_only").attn_only(**MODEL_KW)
+    data = torch.from_numpy(np.load(run / "data.npy"))
+    cfg = slt_probe.SGLDConfig(chains=2, draws=10, burnin=2, batch_size=16, nbeta=30.0, method="loop")
+    summary = slt_probe.walk(run / "ckpts", run / "api.h5", model=model, data=data, config=cfg)
+    assert summary.computed == 4 and not summary.failed
+    assert list(slt_probe.load_results(run / "api.h5").table.step) == STEPS
+
+
+def test_dry_run_lists_the_plan(run):
+    (run / "ckpts" / "notes.txt").write_text("hello")
+    code, out = invoke("walk", run / "ckpts", "--dry-run", "--every", "2")
+    assert code == 0, out
+    assert "notes.txt" in out and "3 of 4 checkpoints would be walked" in out
+    assert re.search(r"\b20\s+torch\s+.*step_20\.pt", out), out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# resume
+
+
+def test_resume_skips_done_checkpoints_and_reproduces_a_fresh_run(run):
+    assert invoke(*walk_args(run, "results.h5", "--steps", "0,20"))[0] == 0
+    code, out = invoke(*walk_args(run, quiet=False))
+    assert code == 0, out
+    assert "2 estimated, 2 already done" in out
+    assert "step       10  loss" in out and "(already done)" in out  # one log line per checkpoint
+    assert invoke(*walk_args(run, "fresh.h5"))[0] == 0
+    a, b = slt_probe.load_results(run / "results.h5"), slt_probe.load_results(run / "fresh.h5")
+    for name in ("llc_mean", "init_loss", "llc_per_chain", "loss_trace"):
+        np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)
+
+
+def test_resume_recomputes_a_changed_checkpoint(run):
+    assert invoke(*walk_args(run))[0] == 0
+    sd = torch.load(run / "ckpts" / "step_10.pt", weights_only=True)
+    sd["embed.weight"] += 0.01
+    torch.save(sd, run / "ckpts" / "step_10.pt")
+    code, out = invoke(*walk_args(run, quiet=False))
+    assert code == 0 and "1 estimated, 3 already done" in out, out
+
+
+def test_a_different_config_is_refused_and_overwrite_starts_again(run):
+    assert invoke(*walk_args(run))[0] == 0
+    code, out = invoke(*walk_args(run, "results.h5", "--lr", "2e-4"))
+    assert code == 2
+    line = one_line_error(out)
+    assert "results.h5" in line and "lr" in line and "--overwrite" in line and "--out" in line
+    code, out = invoke(*walk_args(run, "results.h5", "--lr", "2e-4", "--overwrite"))
+    assert code == 0, out
+    assert slt_probe.load_results(run / "results.h5").attrs["config_resolved"]["lr"] == 2e-4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bad checkpoints: recorded as failed, the walk goes on, exit 1
+
+
+class Pwn:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_bad_checkpoints_are_recorded_and_the_walk_goes_on(run):
+    ck = run / "ckpts"
+    good = torch.load(ck / "step_10.pt", weights_only=True)
+    blob = (ck / "step_10.pt").read_bytes()
+    (ck / "step_40.pt").write_bytes(blob[: len(blob) // 2])  # truncated
+    torch.save({k: v.clone().fill_(float("nan")) if k == "embed.weight" else v for k, v in good.items()}, ck / "step_50.pt")
+    torch.save({k: v[:5] if k == "embed.weight" else v for k, v in good.items()}, ck / "step_60.pt")  # wrong shape
+    torch.save({"foo.weight": torch.zeros(3)}, ck / "step_70.pt")  # wrong keys
+    marker = run / "pwned"
+    torch.save({"model": good, "evil": Pwn(marker)}, ck / "step_80.pt")  # a pickle that would run code
+    code, out = invoke(*walk_args(run, quiet=False))
+    assert code == 1, out
+    assert "5 of 9 checkpoints failed" in out
+    assert not marker.exists(), "the malicious pickle was executed"
+    t = slt_probe.load_results(run / "results.h5").table.set_index("step")
+    assert list(t.index) == [0, 10, 20, 30, 40, 50, 60, 70, 80]
+    assert (t.loc[STEPS, "status"] == "ok").all() and (t.loc[[40, 50, 60, 70, 80], "status"] == "failed").all()
+    for step, words in {40: "step_40.pt", 50: "non-finite", 60: "shape", 70: "missing", 80: "refused"}.items():
+        assert words in t.loc[step, "message"], (step, t.loc[step, "message"])
+        assert "\n" not in t.loc[step, "message"]
+        assert np.isnan(t.loc[step, "llc_mean"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bad input: one line, exit 2, nothing written
+
+
+def test_input_errors_are_one_line_with_exit_code_2(run, tmp_path):
+    base = walk_args(run)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "no checkpoints": (["walk", empty, *base[2:]], str(empty)),
+        "missing folder": (["walk", tmp_path / "nope", *base[2:]], "nope"),
+        "unreadable data": ([*base, "--data", tmp_path / "missing.npy"], "missing.npy"),
+        "model import": ([*base, "--model", "nowhere/model.py:make"], "nowhere/model.py"),
+        "model attribute": ([*base, "--model", f"{MODELS_DIR / 'attn_only.py'}:nope"], "nope"),
+        "bad config value": ([*base, "--lr", "-1"], "lr"),
+    }
+    big = np.load(run / "data.npy")
+    big[0, 0] = 40  # beyond the vocabulary of 32
+    np.save(tmp_path / "big.npy", big)
+    cases["vocabulary"] = ([*base, "--data", tmp_path / "big.npy"], "big.npy")
+    for name, (args, needle) in cases.items():
+        code, out = invoke(*args)
+        assert code == 2, (name, out)
+        assert needle in one_line_error(out), (name, out)
+    assert not (run / "results.h5").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# kill -9 at random moments
+
+
+def test_kill_9_at_random_moments_leaves_a_readable_file_and_a_rerun_completes(run):
+    cmd = [sys.executable, "-m", "slt_probe.cli", *map(str, walk_args(run, "killed.h5"))]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "slt_probe.cli", *map(str, walk_args(run, "reference.h5"))],
+                   check=True, env=env, capture_output=True)
+    full = time.perf_counter() - start
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(8):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, full))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if (run / "killed.h5").exists():  # whatever the moment, the file opens and reads
+            with h5py.File(run / "killed.h5", "r") as f:
+                assert f.attrs["schema"] == store.SCHEMA
+            slt_probe.load_results(run / "killed.h5")
+    assert kills >= 4
+    subprocess.run(cmd, check=True, env=env, capture_output=True)
+    a, b = slt_probe.load_results(run / "killed.h5"), slt_probe.load_results(run / "reference.h5")
+    assert list(a.table.step) == STEPS and set(a.table.status) == {"ok"}
+    for name in ("llc_mean", "llc_std", "init_loss", "llc_per_chain", "loss_trace", "burnin_trace", "rhat"):
+        np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)
+    assert not list(run.glob("killed.h5.tmp*"))  # a killed writer's temporary is removed by the next run
