@@ -122,6 +122,7 @@ def parse_steps(steps: Optional[str]) -> Optional[list[int]]:
 
 @app.command()
 def walk(
+    ctx: typer.Context,
     ckpt_dir: str = typer.Argument(..., help="folder of checkpoints (files or Hugging Face checkpoint folders)"),
     out: str = typer.Option("results.h5", "--out", "-o", help="HDF5 results file (resumed when it exists)"),
     model: Optional[str] = typer.Option(None, help="path/to/file.py:factory or package.module:factory"),
@@ -153,9 +154,6 @@ def walk(
     debug: bool = typer.Option(False, help="show Python tracebacks"),
 ):
     """Estimate λ̂ at every checkpoint in CKPT_DIR, with the same settings, into one HDF5 file."""
-    import shlex
-    import sys
-
     from slt_probe import checkpoints as ck
     from slt_probe import inputs
     from slt_probe.data import check_lm_tokens, num_samples
@@ -194,38 +192,40 @@ def walk(
                 check_lm_tokens(dataset)
             except ValueError as e:
                 raise InputError(f"{data}: {e}") from None
-            inputs.check_tokens_fit(dataset, net, data_path=data)
+            inputs.check_tokens_fit(dataset, net, data_path=data, whole_rows=engine == "devinterp")
         if cfg.batch_size > num_samples(dataset):
             raise InputError(f"{data}: {num_samples(dataset)} samples, fewer than --batch-size {cfg.batch_size}")
         resolve_device(cfg.device)
     except (InputError, ValueError) as e:
         fail(str(e), debug)
 
-    meta = {"command": shlex.join(["slt-probe", *sys.argv[1:]]), "config": cfg.to_dict(),
+    meta = {"command": command_line(ctx), "config": cfg.to_dict(),
             "model": model_desc, "data": data_desc, "loss": loss or "next-token cross-entropy",
             "checkpoint_dir": str(ck_dir_abs(ckpt_dir))}
-    with walk_progress(quiet) as bar:
-        outer = bar.add_task("checkpoints", total=len(todo), unit="ckpt")
-        inner = bar.add_task("SGLD", total=cfg.steps, unit="step", visible=False)
+    bar = walk_progress(quiet)  # started by the first event: a refused resume prints only its error
+    outer = bar.add_task("checkpoints", total=len(todo))
+    inner = bar.add_task("SGLD", total=cfg.steps, visible=False)
 
-        def on_event(kind, **info):
-            if kind == "start":
-                bar.update(inner, completed=0, visible=True, description=f"step {info['checkpoint'].step}")
-            elif kind == "steps":
-                bar.update(inner, completed=info["done"], total=info["total"])
-            elif kind in ("done", "skip"):
-                bar.advance(outer)
-                bar.update(inner, visible=False)
-                if not quiet:
-                    bar.console.print(checkpoint_line(info["row"], skipped=kind == "skip"), highlight=False)
+    def on_event(kind, **info):
+        bar.start()
+        if kind == "start":
+            bar.update(inner, completed=0, visible=True, description=f"step {info['checkpoint'].step}")
+        elif kind == "steps":
+            bar.update(inner, completed=info["done"], total=info["total"])
+        elif kind in ("done", "skip"):
+            bar.advance(outer)
+            bar.update(inner, visible=False)
+            if not quiet:
+                bar.console.print(checkpoint_line(info["row"], skipped=kind == "skip"), highlight=False,
+                                  markup=False, soft_wrap=True)
 
-        try:
-            summary = walk_checkpoints(todo, out, model=net, data=dataset, loss_fn=loss_fn, config=cfg,
-                                       engine=engine, root=ckpt_dir, meta=meta, overwrite=overwrite,
-                                       on_event=on_event)
-        except InputError as e:
-            bar.stop()
-            fail(str(e), debug)
+    try:
+        summary = walk_checkpoints(todo, out, model=net, data=dataset, loss_fn=loss_fn, config=cfg, engine=engine,
+                                   root=ckpt_dir, meta=meta, overwrite=overwrite, on_event=on_event)
+    except InputError as e:
+        fail(str(e), debug)
+    finally:
+        bar.stop()
     if not quiet:
         console.print(f"{summary.computed} estimated, {summary.skipped} already done → {out}", highlight=False)
     if summary.failed:
@@ -233,6 +233,24 @@ def walk(
         for f in summary.failed:
             console.print(f"  {f['message']}", highlight=False, markup=False)
         raise typer.Exit(1)
+
+
+def command_line(ctx) -> str:
+    """The invoked command, rebuilt from its parsed parameters (sys.argv is not it inside notebooks or tests)."""
+    import shlex
+
+    parts = ["slt-probe", ctx.info_name or "walk"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default:
+            continue
+        if param.param_type_name == "argument":
+            parts.append(str(value))
+        elif value is True and param.is_flag:
+            parts.append(param.opts[0])
+        else:
+            parts += [param.opts[0], str(value)]
+    return shlex.join(parts)
 
 
 def ck_dir_abs(path: str) -> str:
@@ -262,6 +280,7 @@ def inspect(
 ):
     """Print a results file's configuration and its per-checkpoint table."""
     import math
+    import re
 
     from rich.table import Table
 
@@ -275,7 +294,9 @@ def inspect(
                 for r in t.drop(columns=["sha256"]).to_dict(orient="records")]
         typer.echo(json.dumps({"path": results, "attrs": res.attrs, "checkpoints": rows}, default=str))
         return
-    out = Console()
+    out = Console(soft_wrap=True)
+    if not out.is_terminal:  # piped: do not fold the table at 80 columns
+        out = Console(soft_wrap=True, width=200)
     a = res.attrs
     out.print(f"[bold]{results}[/bold]  {len(t)} checkpoints, engine {a.get('engine')} ({a.get('method')}), "
               f"device {a.get('device')}, created {a.get('created')}", highlight=False)
@@ -292,11 +313,14 @@ def inspect(
         table.add_column(col, justify="right" if col in ("step", "loss", "λ̂", "± s.e.") else "left")
     for r in t.itertuples():
         if r.status == "ok":
+            short = "; ".join(re.split(r":| \(", reason)[0] for reason in r.reasons.split("; ") if reason)
             table.add_row(str(r.step), r.status, f"{r.init_loss:.4f}", f"{r.llc_mean:.3f}", f"{r.llc_se:.3f}",
-                          r.verdict, r.reasons)
+                          r.verdict, short)
         else:
             table.add_row(str(r.step), r.status, "", "", "", "", r.message)
-    out.print(table)
+    out.print(table, soft_wrap=False, crop=False)
+    if (t.verdict != "ok").any():
+        out.print("  (full reasons: --json, or the `reasons` dataset)", highlight=False, markup=False)
 
 
 if __name__ == "__main__":

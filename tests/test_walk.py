@@ -104,7 +104,8 @@ def test_walk_writes_a_self_describing_results_file(run):
     assert a["data"]["sha256"] == hashlib.sha256((run / "data.npy").read_bytes()).hexdigest()
     assert a["model"]["kwargs"] == MODEL_KW and a["num_samples"] == 256
     assert a["torch_version"] == torch.__version__.split("+")[0] or a["torch_version"] == torch.__version__
-    assert "walk" in a["command"] and a["devinterp_version"] == "2.0.1"
+    assert a["command"].startswith(f"slt-probe walk {run / 'ckpts'} --out") and "--lr 0.0001" in a["command"]
+    assert a["devinterp_version"] == "2.0.1"
 
     with h5py.File(run / "results.h5", "r") as f:  # every dataset says what it is
         for name in f:
@@ -245,29 +246,95 @@ def test_input_errors_are_one_line_with_exit_code_2(run, tmp_path):
 
 
 def test_kill_9_at_random_moments_leaves_a_readable_file_and_a_rerun_completes(run):
-    cmd = [sys.executable, "-m", "slt_probe.cli", *map(str, walk_args(run, "killed.h5"))]
+    steps = list(range(0, 120, 10))
+    tokens = np.load(run / "data.npy")
+    train_checkpoints(run / "many", tokens, steps=steps)
     env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def command(out, quiet=True):
+        args = walk_args(run, out, quiet=quiet)
+        args[1] = run / "many"
+        return [sys.executable, "-m", "slt_probe.cli", *map(str, args), "--draws", "150"]
+
+    # The uninterrupted reference run also times the start-up and the work per checkpoint.
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "slt_probe.cli", *map(str, walk_args(run, "reference.h5"))],
-                   check=True, env=env, capture_output=True)
-    full = time.perf_counter() - start
+    proc = subprocess.Popen(command("reference.h5", quiet=False), env=env, stderr=subprocess.PIPE, text=True)
+    stamps = [time.perf_counter() - start for line in proc.stderr if line.startswith("step")]
+    assert proc.wait() == 0 and len(stamps) == len(steps)
+    per = (stamps[-1] - stamps[0]) / (len(steps) - 1)
+    startup = stamps[0] - per
+
     rng = random.Random(0)
-    kills = 0
-    for _ in range(8):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, full))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
+    mid_walk, done = 0, 0
+    for _ in range(8):  # kill anywhere: mostly in what is left of the work (sampling, rewrites), some in start-up
+        proc = subprocess.Popen(command("killed.h5"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        left = (len(steps) - done) * per
+        time.sleep(rng.uniform(0, startup) if rng.random() < 0.25 else startup + rng.uniform(0, left))
+        proc.send_signal(signal.SIGKILL)
         proc.wait()
         if (run / "killed.h5").exists():  # whatever the moment, the file opens and reads
             with h5py.File(run / "killed.h5", "r") as f:
                 assert f.attrs["schema"] == store.SCHEMA
-            slt_probe.load_results(run / "killed.h5")
-    assert kills >= 4
-    subprocess.run(cmd, check=True, env=env, capture_output=True)
+            new = len(slt_probe.load_results(run / "killed.h5").table)
+            mid_walk += done < new < len(steps)
+            done = new
+    assert mid_walk >= 2, f"only {mid_walk} kills landed between checkpoints"
+    subprocess.run(command("killed.h5"), check=True, env=env, capture_output=True)
     a, b = slt_probe.load_results(run / "killed.h5"), slt_probe.load_results(run / "reference.h5")
-    assert list(a.table.step) == STEPS and set(a.table.status) == {"ok"}
+    assert list(a.table.step) == steps and set(a.table.status) == {"ok"}
     for name in ("llc_mean", "llc_std", "init_loss", "llc_per_chain", "loss_trace", "burnin_trace", "rhat"):
         np.testing.assert_array_equal(a.arrays[name], b.arrays[name], err_msg=name)
     assert not list(run.glob("killed.h5.tmp*"))  # a killed writer's temporary is removed by the next run
+
+
+# ----------------------------------------------------------------------------------------------------------
+# settings from a file, Hugging Face folders, the devinterp engine
+
+
+def test_config_file_supplies_settings_and_the_command_line_wins(run):
+    (run / "run.toml").write_text("[sgld]\nlr = 3e-4\nchains = 3\ndraws = 12\nburnin = 4\nbatch_size = 16\n")
+    args = ["walk", run / "ckpts", "--out", run / "c.h5", "--model", f"{MODELS_DIR / 'attn_only.py'}:attn_only",
+            "--model-config", run / "model.json", "--data", run / "data.npy", "--config", run / "run.toml",
+            "--draws", "10", "--method", "loop", "--quiet"]
+    code, out = invoke(*args)
+    assert code == 0, out
+    cfg = slt_probe.load_results(run / "c.h5").attrs["config_resolved"]
+    assert (cfg["lr"], cfg["chains"], cfg["draws"], cfg["burnin"]) == (3e-4, 3, 10, 4)
+    assert cfg["nbeta"] == pytest.approx(256 / np.log(256))  # default n / log n
+    (run / "bad.toml").write_text("lrr = 1\n")
+    code, out = invoke(*args[:-7], "--config", run / "bad.toml", "--quiet")
+    assert code == 2 and "lrr" in one_line_error(out) and "bad.toml" in out
+
+
+def test_a_hugging_face_run_needs_no_model_spec(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    for step in (100, 200):
+        model.save_pretrained(tmp_path / "run" / f"checkpoint-{step}")
+        with torch.no_grad():
+            model.transformer.wte.weight.mul_(1.5)
+    np.save(tmp_path / "tokens.npy", np.random.default_rng(0).integers(0, 32, (128, 9)))
+    code, out = invoke("walk", tmp_path / "run", "--out", tmp_path / "hf.h5", "--data", tmp_path / "tokens.npy",
+                       *SGLD, "--quiet")
+    assert code == 0, out
+    res = slt_probe.load_results(tmp_path / "hf.h5")
+    assert list(res.table.step) == [100, 200] and set(res.table.format) == {"hf"} and set(res.table.status) == {"ok"}
+    assert res.attrs["model"]["model_type"] == "gpt2"
+
+
+def test_the_devinterp_engine_walks_too(run):
+    short = np.load(run / "data.npy")[:, :8]  # devinterp feeds all T+1 tokens: they must fit n_ctx = 8
+    np.save(run / "short.npy", short)
+    code, out = invoke(*walk_args(run, "d.h5", "--engine", "devinterp", "--data", run / "short.npy", "--steps", "0,30"))
+    assert code == 0, out
+    res = slt_probe.load_results(run / "d.h5")
+    assert res.attrs["engine"] == "devinterp" and res.attrs["method"] == "devinterp"
+    assert set(res.table.status) == {"ok"} and np.isfinite(res.table.llc_mean).all()
+
+
+def test_devinterp_engine_needs_whole_rows_within_the_context(run):
+    code, out = invoke(*walk_args(run, "d.h5", "--engine", "devinterp"))  # rows of 9 tokens, n_ctx 8
+    assert code == 2 and "--context 7" in one_line_error(out)
