@@ -338,3 +338,31 @@ def test_the_devinterp_engine_walks_too(run):
 def test_devinterp_engine_needs_whole_rows_within_the_context(run):
     code, out = invoke(*walk_args(run, "d.h5", "--engine", "devinterp"))  # rows of 9 tokens, n_ctx 8
     assert code == 2 and "--context 7" in one_line_error(out)
+
+
+def test_a_non_language_model_walks_with_its_own_loss(tmp_path):
+    dln = load_model_file("dln")
+    torch.manual_seed(0)
+    net = dln.dln([4, 3, 2])
+    x = torch.randn(512, 4)
+    np.savez(tmp_path / "xy.npz", x=x.numpy(), y=(x @ torch.randn(4, 2)).numpy())
+    (tmp_path / "loss.py").write_text("def mse(model, batch):\n    x, y = batch\n    return ((model(x) - y) ** 2).mean()\n")
+    (tmp_path / "ckpts").mkdir()
+    for step in (1, 2):
+        torch.save({"model": net.state_dict(), "step": step}, tmp_path / "ckpts" / f"model_{step}.pth")
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(1.1)
+    (tmp_path / "dln.json").write_text(json.dumps({"widths": [4, 3, 2]}))
+    code, out = invoke("walk", tmp_path / "ckpts", "--out", tmp_path / "dln.h5", "--model",
+                       f"{MODELS_DIR / 'dln.py'}:dln", "--model-config", tmp_path / "dln.json", "--data",
+                       tmp_path / "xy.npz", "--loss", f"{tmp_path / 'loss.py'}:mse", *SGLD, "--quiet")
+    assert code == 0, out
+    res = slt_probe.load_results(tmp_path / "dln.h5")
+    assert list(res.table.step) == [1, 2] and set(res.table.status) == {"ok"}
+    assert res.attrs["loss"].endswith("loss.py:mse") and res.attrs["data"]["format"] == "npz"
+    # the analysis script reads it with h5py, pandas and xarray
+    script = subprocess.run([sys.executable, str(REPO / "analysis" / "read_results.py"), str(tmp_path / "dln.h5")],
+                            capture_output=True, text=True)
+    assert script.returncode == 0, script.stderr
+    assert "largest change in λ̂: step 1 → 2" in script.stdout
