@@ -150,6 +150,8 @@ def walk(
     max_checkpoints: Optional[int] = typer.Option(None, help="at most N checkpoints, log-spaced in step"),
     dry_run: bool = typer.Option(False, help="list what would be walked and stop"),
     overwrite: bool = typer.Option(False, help="start again when --out holds a different walk"),
+    find_transitions: bool = typer.Option(True, "--transitions/--no-transitions",
+                                          help="detect developmental stages at the end (slt-probe transitions)"),
     quiet: bool = typer.Option(False, help="no progress bar or per-checkpoint lines"),
     debug: bool = typer.Option(False, help="show Python tracebacks"),
 ):
@@ -228,6 +230,20 @@ def walk(
         bar.stop()
     if not quiet:
         console.print(f"{summary.computed} estimated, {summary.skipped} already done → {out}", highlight=False)
+    if find_transitions:
+        from slt_probe.store import write_transitions
+        from slt_probe.transitions import transitions_from_results
+
+        try:
+            t = transitions_from_results(out)
+            write_transitions(out, t)
+        except ValueError as e:  # too few checkpoints, one chain: the walk itself is fine
+            console.print(f"transitions: not detected ({e})", highlight=False, markup=False)
+        else:
+            if not quiet:
+                console.print(transitions_table(t))
+                for note in t.notes:
+                    console.print(f"note: {note}", highlight=False, markup=False)
     if summary.failed:
         console.print(f"{len(summary.failed)} of {summary.total} checkpoints failed:", style="red", highlight=False)
         for f in summary.failed:
@@ -321,6 +337,90 @@ def inspect(
     out.print(table, soft_wrap=False, crop=False)
     if (t.verdict != "ok").any():
         out.print("  (full reasons: --json, or the `reasons` dataset)", highlight=False, markup=False)
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transitions and plot
+
+
+def transition_config(**options):
+    from dataclasses import replace
+
+    from slt_probe.transitions import TransitionConfig
+
+    return replace(TransitionConfig(), **{k: v for k, v in options.items() if v is not None})
+
+
+def transitions_table(t) -> "Table":
+    from rich.table import Table
+
+    table = Table(show_edge=False, title="developmental stages", title_justify="left")
+    for col, right in (("stage (steps)", False), ("type", False), ("Δλ̂ ± s.e.", True), ("Δloss", True),
+                       ("hidden", False), ("ends at boundary", True), ("kind", False), ("confidence", True)):
+        table.add_column(col, justify="right" if right else "left")
+    for i, s in enumerate(t.stages):
+        b = t.boundaries[i] if i < len(t.boundaries) else None
+        conf = "" if b is None else f"{b.confidence:.2f}" + (" (tentative)" if b.tentative else "")
+        table.add_row(f"{s.start_step} → {s.end_step}", s.type, f"{s.dllc:+.3g} ± {s.dllc_se:.2g}",
+                      f"{s.dloss:+.3g}", "hidden" if s.hidden else "", "" if b is None else str(b.step),
+                      "" if b is None else b.kind, conf)
+    return table
+
+
+def transitions_json(t) -> dict:
+    from dataclasses import asdict
+
+    return {"boundaries": [asdict(b) for b in t.boundaries], "stages": [asdict(s) for s in t.stages],
+            "params": asdict(t.config), "smoothing": t.smoothing, "notes": t.notes}
+
+
+@app.command()
+def transitions(
+    results: str = typer.Argument(..., help="HDF5 file written by slt-probe walk"),
+    k_se: Optional[float] = typer.Option(None, help="a stage's |Δλ̂| must exceed this many s.e. [3]"),
+    hidden_loss_frac: Optional[float] = typer.Option(None, help="hidden: |Δloss| below this fraction of the run's loss drop [0.05]"),
+    plateau_tol: Optional[float] = typer.Option(None, help="plateau: |dλ̂/dlog t| below this fraction of the neighbouring slopes [0.2]"),
+    resamples: Optional[int] = typer.Option(None, help="bootstrap resamples for the confidence [200]"),
+    min_confidence: Optional[float] = typer.Option(None, help="boundaries reproduced less often are tentative [0.8]"),
+    seed: Optional[int] = typer.Option(None, help="seed of the bootstrap [0]"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    debug: bool = typer.Option(False, help="show Python tracebacks"),
+):
+    """Find stage boundaries in the λ̂ curve, type the stages (A / B), and store them in the results file."""
+    from slt_probe.store import write_transitions
+    from slt_probe.transitions import transitions_from_results
+
+    try:
+        cfg = transition_config(k_se=k_se, hidden_loss_frac=hidden_loss_frac, plateau_tol=plateau_tol,
+                                resamples=resamples, min_confidence=min_confidence, seed=seed)
+        t = transitions_from_results(results, cfg)
+        write_transitions(results, t)
+    except (OSError, ValueError) as e:
+        fail(f"{results}: {e}", debug)
+    if as_json:
+        typer.echo(json.dumps(transitions_json(t)))
+        return
+    Console(soft_wrap=True).print(transitions_table(t))
+    for note in t.notes:
+        typer.echo(f"note: {note}")
+
+
+@app.command()
+def plot(
+    results: str = typer.Argument(..., help="HDF5 file written by slt-probe walk"),
+    out: str = typer.Option("curves.png", "--out", "-o", help="image file (.png, .pdf, .svg)"),
+    title: Optional[str] = typer.Option(None, help="figure title"),
+    debug: bool = typer.Option(False, help="show Python tracebacks"),
+):
+    """Draw λ̂ ± s.e. and the loss against step, with the stages and any behavioural probes."""
+    from slt_probe.plot import plot_results
+
+    try:
+        path = plot_results(results, out, title=title)
+    except (OSError, ValueError) as e:
+        fail(f"{results}: {e}", debug)
+    typer.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import h5py
 import numpy as np
@@ -92,6 +93,11 @@ def empty_row(chains: int, draws: int, burnin: int) -> dict[str, Any]:
 # writing
 
 
+# Groups that survive a rewrite of the rows. Transitions do not: they describe the rows they were found in,
+# and the walk finds them again at its end.
+KEPT_GROUPS = ("probes",)
+
+
 def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains: int, draws: int, burnin: int) -> None:
     """Write the whole file atomically: attrs (JSON-encoded when not str/number) and rows sorted by step."""
     path = Path(path)
@@ -122,13 +128,40 @@ def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains:
                 ds.attrs["description"] = description
                 if kind in ("trace", "burnin", "chain"):
                     ds.attrs["dims"] = json.dumps(["checkpoint", "chain", "draw" if kind == "trace" else "step"][: arr.ndim])
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())  # the rename must not become visible before the data
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+            if path.exists():
+                with h5py.File(path, "r") as old:
+                    for name in KEPT_GROUPS:
+                        if name in old:
+                            old.copy(old[name], f, name=name)
+        _commit(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_group(path: Path, name: str, fill: Callable[[h5py.Group], None]) -> None:
+    """Replace group `name` of an existing results file, atomically: fill(group) writes its contents."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a") as f:
+            if name in f:
+                del f[name]
+            fill(f.create_group(name))
+            f.attrs["updated"] = utc_now()
+        _commit(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Make tmp the file at path: durable first, then renamed over it in one step."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())  # the rename must not become visible before the data
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -197,6 +230,7 @@ class Results:
     attrs: dict[str, Any]
     arrays: dict[str, np.ndarray]  # every dataset, along the checkpoint axis
     table: Any  # pandas.DataFrame of the one-value-per-checkpoint columns, indexed by row
+    transitions: Any = None  # slt_probe.transitions.Transitions, when detection has run
 
     @property
     def config(self) -> dict[str, Any]:
@@ -215,7 +249,7 @@ def load_results(path: str | Path) -> Results:
     with h5py.File(path, "r") as f:
         arrays = {name: (f[name].asstr()[...] if kind == "str" else f[name][...]) for name, kind, _ in COLUMNS}
     table = pd.DataFrame({name: arrays[name] for name, kind, _ in COLUMNS if kind not in ("chain", "trace", "burnin")})
-    return Results(path=path, attrs=attrs, arrays=arrays, table=table)
+    return Results(path=path, attrs=attrs, arrays=arrays, table=table, transitions=read_transitions(path))
 
 
 def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> Optional[str]:
@@ -224,3 +258,84 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> Optional[st
         if old.get(key) != new.get(key):
             return f"{key} {old.get(key)!r} → {new.get(key)!r}"
     return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transitions: a group beside the rows, replaced whenever detection runs again
+
+BOUNDARY_FIELDS = {
+    "step": "checkpoint step nearest the stage boundary",
+    "index": "that checkpoint's row in the per-checkpoint datasets",
+    "log_step": "precise location of the boundary, log10(step)",
+    "kind": "peak | trough | plateau: how λ̂ turns there",
+    "confidence": "fraction of chain-bootstrap resamples with a boundary within ±1 checkpoint",
+    "tentative": "confidence below the detection's min_confidence",
+    "hidden": "a stage on either side is hidden (significant Δλ̂, small Δloss)",
+}
+STAGE_FIELDS = {
+    "start_step": "first checkpoint step of the stage",
+    "end_step": "last checkpoint step of the stage",
+    "start_index": "row of the first checkpoint",
+    "end_index": "row of the last checkpoint",
+    "dllc": "change of the smoothed λ̂ over the stage",
+    "dllc_se": "standard error of dllc, from the s.e. at both ends",
+    "dloss": "change of the loss (init_loss) over the stage",
+    "type": "A (λ̂ rises, loss falls) | B (λ̂ falls, loss flat or falling slightly) | other",
+    "hidden": "significant Δλ̂ (>= k_se s.e.) with |Δloss| < hidden_loss_frac × the run's loss drop",
+}
+
+
+def write_transitions(path: Path, t) -> None:
+    """Store a Transitions (slt_probe.transitions) as the file's `transitions` group, replacing any earlier one."""
+    from dataclasses import asdict
+
+    def fill(g: h5py.Group) -> None:
+        g.attrs["description"] = "developmental stages found in the λ̂ curve (slt_probe.detect_transitions)"
+        g.attrs["params"] = json.dumps(asdict(t.config))
+        g.attrs["smoothing"] = json.dumps(t.smoothing)
+        g.attrs["notes"] = json.dumps(t.notes)
+        g.attrs["created"] = utc_now()
+        for sub, items, fields in (("boundaries", t.boundaries, BOUNDARY_FIELDS), ("stages", t.stages, STAGE_FIELDS)):
+            group = g.create_group(sub)
+            for name, description in fields.items():
+                values = [getattr(item, name) for item in items]
+                if name in ("kind", "type"):
+                    ds = group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
+                else:
+                    dtype = bool if name in ("tentative", "hidden") else np.int64 if "step" in name or "index" in name \
+                        else np.float64
+                    ds = group.create_dataset(name, data=np.array(values, dtype=dtype).reshape(len(items)))
+                ds.attrs["description"] = description
+        smooth = g.create_group("smooth")
+        for name, values, description in (("log_step", t.log_step, "dense grid, log10(step)"),
+                                          ("llc", t.llc_smooth, "smoothed λ̂ on the grid"),
+                                          ("dllc", t.dllc_smooth, "dλ̂ / dlog10(step) on the grid")):
+            smooth.create_dataset(name, data=np.asarray(values, dtype=np.float64)).attrs["description"] = description
+
+    write_group(path, "transitions", fill)
+
+
+def read_transitions(path: Path):
+    """The file's Transitions, or None when detection has not run on it."""
+    from slt_probe.transitions import Boundary, Stage, TransitionConfig, Transitions
+
+    with h5py.File(path, "r") as f:
+        if "transitions" not in f:
+            return None
+        g = f["transitions"]
+
+        def items(sub, cls, fields):
+            cols = {name: (g[sub][name].asstr()[...] if name in ("kind", "type") else g[sub][name][...])
+                    for name in fields}
+            n = len(next(iter(cols.values()))) if cols else 0
+            return [cls(**{k: (v[i].item() if hasattr(v[i], "item") else str(v[i])) for k, v in cols.items()})
+                    for i in range(n)]
+
+        return Transitions(
+            boundaries=items("boundaries", Boundary, BOUNDARY_FIELDS),
+            stages=items("stages", Stage, STAGE_FIELDS),
+            config=TransitionConfig(**json.loads(g.attrs["params"])),
+            smoothing=json.loads(g.attrs["smoothing"]),
+            log_step=g["smooth/log_step"][...], llc_smooth=g["smooth/llc"][...], dllc_smooth=g["smooth/dllc"][...],
+            notes=json.loads(g.attrs.get("notes", "[]")),
+        )

@@ -1,0 +1,476 @@
+"""The picture a researcher reads a walk from: λ̂ and the loss against training step, with the stages.
+
+    from slt_probe.plot import plot_results
+    plot_results("results.h5", "results.png")
+
+Panels share one log-scale step axis, top to bottom:
+  λ̂        λ̂ ± s.e. per checkpoint (hollow: verdict warn, red: verdict fail), the smoothed curve when the file
+           has one, failed checkpoints as red crosses along the bottom;
+  loss     L_n(w*) at each checkpoint: what the training curve shows;
+  probes   behavioural metrics per checkpoint, only when the file has a `probes` group.
+Stages from the `transitions` group shade every panel by type (A blue, B orange, other grey), labelled at the top;
+a hidden stage (λ̂ changes, the loss barely does) is hatched in purple and labelled "(hidden)", so the changes the
+loss curve does not show stand out. Boundaries are vertical lines (dashed: tentative), their confidence printed
+above the top panel.
+
+The figure is a bare matplotlib Figure on an Agg canvas, not pyplot: no global state, no GUI backend, so it is
+safe in scripts, notebooks and threads alike.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import h5py
+import numpy as np
+
+from slt_probe.store import load_results
+
+# colours: λ̂ in blue, its failures in red; stage shades light enough that points stay readable on them
+LLC = "#1f5fa6"
+SMOOTH = "#0b2545"
+BAD = "#d62728"
+LOSS = "#262626"
+HIDDEN = "#8e2c8e"  # hatching and labels of hidden stages: not a stage colour, so it cannot be misread as one
+STAGE_FACE = {"A": "#dfeaf6", "B": "#fde3c8", "other": "#ececec"}
+STAGE_TEXT = {"A": "A", "B": "B", "other": "–"}
+STAGE_MEANING = {"A": "stage A: λ̂ rises, loss falls", "B": "stage B: λ̂ falls (simplifies)", "other": "other stage"}
+PROBE_COLOURS = ["#2a9d55", "#8c564b", "#e07b00", "#7f7f7f", "#17becf", "#bcbd22", "#9467bd", "#e377c2"]
+# folder names that say nothing about the run: the title adds the parent folder to them
+GENERIC_DIRS = {"checkpoints", "checkpoint", "ckpts", "ckpt", "models", "weights", "output", "outputs"}
+ERRORBARS_UP_TO = 80  # beyond this many checkpoints, error bars merge into a thicket: a ±s.e. band instead
+
+# ----------------------------------------------------------------------------------------------------------
+# reading the optional groups (written by slt_probe.transitions and by probe scripts; either may be absent)
+
+
+def _read_columns(group: h5py.Group) -> dict[str, np.ndarray]:
+    out = {}
+    for name, ds in group.items():
+        if not isinstance(ds, h5py.Dataset):
+            continue
+        if h5py.check_string_dtype(ds.dtype) is not None:
+            out[name] = np.asarray(ds.asstr()[...], dtype=object)
+        else:
+            out[name] = np.asarray(ds[...])
+    return out
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _read_extras(path: Path, k: int) -> tuple[Optional[dict], list[tuple[str, np.ndarray]]]:
+    """(transitions, probes): transitions as {boundaries, stages, smooth, smoothing} or None; probes as (label, values)."""
+    transitions, probes = None, []
+    with h5py.File(path, "r") as f:
+        t = f.get("transitions")
+        if isinstance(t, h5py.Group):
+            transitions = {part: _read_columns(t[part]) if isinstance(t.get(part), h5py.Group) else {}
+                           for part in ("boundaries", "stages", "smooth")}
+            transitions["smoothing"] = _decode(t.attrs.get("smoothing", "{}"))
+        p = f.get("probes")
+        if isinstance(p, h5py.Group):
+            for name, ds in p.items():
+                if not isinstance(ds, h5py.Dataset) or ds.shape != (k,) or h5py.check_string_dtype(ds.dtype):
+                    shape = ds.shape if isinstance(ds, h5py.Dataset) else "a group"
+                    warnings.warn(f"probes/{name}: not one number per checkpoint ({shape}), not drawn")
+                    continue
+                label = _decode(ds.attrs.get("label", name))
+                probes.append((str(label) if label else name, np.asarray(ds[...], dtype=np.float64)))
+    return transitions, probes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the step axis
+
+
+def _zero_position(step: np.ndarray) -> float:
+    """Where step 0 is drawn on the log axis: half the smallest positive step.
+
+    The same convention as transitions.log_steps, so the smoothed curve and the boundary positions it stores (in
+    log10 step) land exactly where the points are. Symlog would be the other honest choice, but its linear stretch
+    [0, smallest step] takes a full decade of width for one point and puts the stored curve off its own points.
+    A break mark on the axis tells the reader the gap between 0 and the first step is not to scale.
+    """
+    positive = step[step > 0]
+    return float(positive.min()) / 2 if positive.size else 0.5
+
+
+def _step_label(v: float) -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{suffix}"
+    return f"{v:g}"
+
+
+def _step_ticks(lo: float, hi: float) -> tuple[list[float], list[float]]:
+    """Major (labelled) and minor ticks in [lo, hi]: decades, or 1-2-5 / every digit when the run spans less."""
+    candidates = [(m, m * 10.0**e) for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                  for m in range(1, 10)]
+    inside = [(m, v) for m, v in candidates if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)]
+    for digits in ({1}, {1, 2, 5}, set(range(1, 10))):
+        major = [v for m, v in inside if m in digits]
+        if len(major) >= 3:
+            break
+    while len(major) > 9:  # a run over many decades: every other decade, so labels never crowd
+        major = major[::2]
+    return major, [v for _, v in inside if v not in major]
+
+
+def _format_step_axis(ax, x_zero: Optional[float], lo: float, hi: float) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    smallest = x_zero * 2 if x_zero is not None else lo
+    major, minor = _step_ticks(smallest, hi)
+    if x_zero is not None:
+        major = [x_zero, *major]
+    ax.xaxis.set_major_locator(FixedLocator(major))
+    ax.xaxis.set_minor_locator(FixedLocator(minor))
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        lambda v, _: "0" if x_zero is not None and math.isclose(v, x_zero) else _step_label(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _axis_break(ax, x: float) -> None:
+    """Two short slashes on the bottom spine at x: the axis is not continuous there."""
+    for dx in (0.97, 1.03):
+        ax.plot([x * dx], [0], marker=[(-0.5, -1), (0.5, 1)], ms=7, mew=1.1, color="0.25", clip_on=False,
+                transform=ax.get_xaxis_transform(), zorder=5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the panels
+
+
+def _draw_llc(ax, x, llc, se, verdict, bad, smooth_x, smooth_y, k, headroom) -> list:
+    """λ̂ points by verdict, the smoothed curve, failed checkpoints; returns legend handles."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    ms = float(np.interp(k, [10, 300], [6.0, 3.2]))  # 300 points of size 6 would merge into a rope
+    good = ~bad
+    se = np.where(np.isfinite(se), se, 0.0)
+    handles = []
+    bars = k <= ERRORBARS_UP_TO
+    if not bars and good.sum() >= 2:  # a band, unbroken over failed rows: they carry no information either way
+        ax.fill_between(x[good], (llc - se)[good], (llc + se)[good], color=LLC, alpha=0.3, lw=0, zorder=2)
+    if smooth_x is None and good.sum() >= 2:  # no smoothed curve: a faint line leads the eye between points
+        ax.plot(x[good], llc[good], color=LLC, lw=0.8, alpha=0.45, zorder=2.5)
+    styles = {"ok": dict(color=LLC, mfc=LLC, label="λ̂ ± s.e." if bars else "λ̂"),
+              "warn": dict(color=LLC, mfc="white", label="λ̂, verdict warn"),
+              "fail": dict(color=BAD, mfc=BAD, label="λ̂, verdict fail")}
+    for v, style in styles.items():
+        rows = good & ((verdict == v) if v != "ok" else ~np.isin(verdict, ["warn", "fail"]))
+        if not rows.any():
+            continue
+        label = style.pop("label")
+        if bars:
+            h = ax.errorbar(x[rows], llc[rows], yerr=se[rows], fmt="o", ms=ms, mew=1.2, elinewidth=1.0, capsize=0,
+                            ecolor=style["color"], zorder=3, **style)
+        else:
+            (h,) = ax.plot(x[rows], llc[rows], "o", ms=ms, mew=1.0, ls="none", zorder=3, **style)
+        handles.append((h, label))
+    if not bars and good.sum() >= 2:
+        handles.insert(1, (Patch(color=LLC, alpha=0.3, lw=0), "± s.e."))
+    if smooth_x is not None:
+        (h,) = ax.plot(smooth_x, smooth_y, color=SMOOTH, lw=1.8, zorder=4)
+        handles.append((h, "smoothed λ̂"))
+    if bad.any():
+        ax.plot(x[bad], np.full(bad.sum(), 0.035), "x", color=BAD, ms=7, mew=1.8, ls="none", clip_on=False,
+                transform=ax.get_xaxis_transform(), zorder=5)
+        handles.append((Line2D([], [], marker="x", color=BAD, ms=7, mew=1.8, ls="none"),
+                        f"failed checkpoint ({bad.sum()})"))
+
+    # y range: the points with their error bars, with room above for the stage labels and below for the crosses
+    lo_hi = np.concatenate([(llc - se)[good], (llc + se)[good]] + ([smooth_y] if smooth_x is not None else []))
+    lo_hi = lo_hi[np.isfinite(lo_hi)]
+    if lo_hi.size:
+        lo, hi = float(lo_hi.min()), float(lo_hi.max())
+        span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
+        ax.set_ylim(lo - span * (0.14 if bad.any() else 0.08), hi + span * headroom)
+    return handles
+
+
+def _draw_stages(axes, label_ax, transitions, x_of_step) -> tuple[list, list, Optional[tuple]]:
+    """Shade the stages and draw the boundaries on every panel; label the stages inside the top panel and tag the
+    boundaries with their confidence along its top edge. Returns (legend handles, stage labels, boundary tags as (top axis, [(x, confidence)]))."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    b, s = transitions["boundaries"], transitions["stages"]
+    nb = len(b.get("step", []))
+    ns = len(s.get("start_step", []))
+    b_x = x_of_step(b.get("step", np.zeros(nb)))
+    if "log_step" in b:  # the precise location, where it is a number
+        precise = 10.0 ** b["log_step"].astype(float)
+        b_x = np.where(np.isfinite(precise) & (precise > 0), precise, b_x)
+    tentative = b.get("tentative", np.zeros(nb)).astype(bool)
+    confidence = b.get("confidence", np.full(nb, np.nan)).astype(float)
+    handles, labels, seen = [], [], set()
+
+    # stages tile the run and meet at the boundaries: with one more stage than boundaries, the shared edges are
+    # the boundaries' precise positions, so shading and lines agree (the stored steps are the nearest checkpoints)
+    starts = x_of_step(s["start_step"]) if ns else np.zeros(0)
+    ends = x_of_step(s["end_step"]) if ns else np.zeros(0)
+    if ns == nb + 1 and nb:
+        starts[1:], ends[:-1] = b_x, b_x
+    types = s.get("type", np.array(["other"] * ns, dtype=object))
+    hidden = s.get("hidden", np.zeros(ns)).astype(bool)
+    for x0, x1, kind, hid in zip(starts, ends, types, hidden):
+        kind = kind if kind in STAGE_FACE else "other"
+        for ax in axes:
+            ax.axvspan(x0, x1, color=STAGE_FACE[kind], lw=0, zorder=0)
+            if hid:
+                ax.axvspan(x0, x1, facecolor="none", edgecolor=HIDDEN, hatch="///", lw=0, alpha=0.35, zorder=0.5)
+        seen.add(kind)
+        text = STAGE_TEXT[kind]
+        # (label, font size), longest first; the stacked form is smaller, to fit narrower stages
+        options = [(f"{text} (hidden)", 9), (f"{text}\nhidden", 7.5), (text, 9)] if hid else [(text, 9)]
+        t = label_ax.text(math.sqrt(x0 * x1), 0.975, options[0][0], transform=label_ax.get_xaxis_transform(),
+                          ha="center", va="top", fontsize=9, fontweight="bold", color=HIDDEN if hid else "0.3",
+                          linespacing=1.0, zorder=6)
+        labels.append((t, options, (x0, x1), bool(hid)))
+    for kind in ("A", "B", "other"):
+        if kind in seen:
+            handles.append((Patch(color=STAGE_FACE[kind], lw=0), STAGE_MEANING[kind]))
+    if hidden.any():
+        handles.append((Patch(facecolor="white", edgecolor=HIDDEN, hatch="///", lw=0),
+                        "hidden: λ̂ changes, loss barely does"))
+
+    for xb, tent in zip(b_x, tentative):
+        for ax in axes:
+            ax.axvline(xb, color="0.35", lw=1.0, ls="--" if tent else "-", zorder=1.5)
+    if nb:
+        if (~tentative).any():
+            handles.append((Line2D([], [], color="0.35", lw=1.0), "boundary (confidence on top)"))
+        if tentative.any():
+            handles.append((Line2D([], [], color="0.35", lw=1.0, ls="--"), "tentative boundary"))
+
+    # confidences as tick labels of a top axis: outside the data, and the layout makes room for them
+    tags = None
+    shown = np.isfinite(confidence)
+    if shown.any():
+        top = label_ax.secondary_xaxis("top")
+        top.tick_params(axis="x", which="both", labelsize=7.5, length=3, pad=1.5, colors="0.3")
+        tags = (top, list(zip(b_x[shown].tolist(), confidence[shown].tolist())))
+        _set_tags(*tags)
+    return handles, labels, tags
+
+
+def _set_tags(top, boundaries) -> None:
+    """Ticks of the top axis at the boundaries, labelled with their confidence."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    where = np.log10([x for x, _ in boundaries]) if boundaries else np.zeros(0)
+    top.xaxis.set_major_locator(FixedLocator([x for x, _ in boundaries]))
+    top.xaxis.set_minor_locator(NullLocator())
+    top.xaxis.set_major_formatter(FuncFormatter(
+        lambda v, _: f"{boundaries[int(np.argmin(np.abs(where - math.log10(v))))][1]:.2f}" if v > 0 else ""))
+
+
+def _shift_inside(t, renderer):
+    """Move a label (x in data, y in axes units) sideways until it is inside its axes; return its extent."""
+    ax, box = t.axes, t.get_window_extent(renderer)
+    shift = max(ax.bbox.x0 + 2 - box.x0, 0) or min(ax.bbox.x1 - 2 - box.x1, 0)
+    if shift:
+        centre = ax.transData.transform((t.get_position()[0], 0))[0] + shift
+        t.set_x(ax.transData.inverted().transform((centre, 0))[0])
+        box = t.get_window_extent(renderer)
+    return box
+
+
+def _declutter(fig, labels, tags) -> None:
+    """Keep the labels that do not collide.
+
+    Stage labels: hidden stages first (they are the news), then the others, widest stage first. A label must fit
+    in its stage, or it would be read as the next stage's: a hidden stage falls back to "B / hidden", then to a bare
+    "B" in the hidden colour; an ordinary label that does not fit is left out. Boundary tags: most confident first.
+    """
+    renderer = fig.canvas.get_renderer()
+    kept = []
+    order = sorted(labels, key=lambda item: (not item[3], -math.log(item[2][1] / item[2][0])))
+    for t, options, (x0, x1), hid in order:
+        ax = t.axes
+        left, right = ax.transData.transform([(x0, 0), (x1, 0)])[:, 0]
+        for i, (option, size) in enumerate(options):
+            t.set_text(option)
+            t.set_fontsize(size)
+            t.set_x(math.sqrt(x0 * x1))
+            box = _shift_inside(t, renderer)
+            # the bare letter of a hidden stage may overhang its stage: the hatching says the rest
+            fits = box.width <= right - left - 4 or (hid and i == len(options) - 1)
+            if fits and not any(box.expanded(1.2, 1.0).overlaps(o) for o in kept):
+                kept.append(box.expanded(1.2, 1.0))
+                break
+        else:
+            t.set_visible(False)
+
+    if tags is not None:
+        top, boundaries = tags
+        ticks = top.xaxis.get_major_ticks()
+        kept_tags, boxes = [], []
+        for x, conf in sorted(boundaries, key=lambda item: -item[1]):
+            # the top axis hands its positions back through its own transform: match them, not compare them
+            label = next((tick.label2 for tick in ticks if math.isclose(tick.get_loc(), x, rel_tol=1e-9)), None)
+            if label is None or not label.get_visible() or not label.get_text():
+                continue
+            box = label.get_window_extent(renderer).expanded(1.3, 1.0)
+            if not any(box.overlaps(o) for o in boxes):
+                boxes.append(box)
+                kept_tags.append((x, conf))
+        _set_tags(top, sorted(kept_tags))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the figure
+
+
+def _run_name(checkpoint_dir: Any, path: Path) -> str:
+    """The checkpoint folder's name; with its parent when the name alone says nothing ('run7/checkpoints')."""
+    parts = Path(str(checkpoint_dir or "")).parts
+    if not parts or parts[-1] in ("/", "\\"):
+        return path.stem
+    if parts[-1].lower() in GENERIC_DIRS and len(parts) >= 2 and parts[-2] not in ("/", "\\"):
+        return f"{parts[-2]}/{parts[-1]}"
+    return parts[-1]
+
+
+def _subtitle(attrs: dict, k: int, n_bad: int, smoothing: Optional[dict]) -> str:
+    cfg = attrs.get("config_resolved") or {}
+    if not isinstance(cfg, dict):
+        cfg = {}
+    parts = []
+    for key, name in (("nbeta", "nβ"), ("lr", "lr"), ("localization", "γ")):
+        if isinstance(cfg.get(key), (int, float)):
+            parts.append(f"{name} {cfg[key]:.3g}")
+    if "chains" in cfg and "draws" in cfg:
+        parts.append(f"{cfg['chains']} chains × {cfg['draws']} draws")
+    parts.append(f"{k} checkpoints" + (f" ({n_bad} failed)" if n_bad else ""))
+    if isinstance(smoothing, dict) and smoothing.get("stable") is False:
+        parts.append("stage boundaries move with the smoothing: read them with care")
+    return "   ·   ".join(parts)
+
+
+def plot_results(path: str | Path, out: str | Path, *, title: str | None = None, dpi: int = 150) -> Path:
+    """Draw a results file (λ̂, loss, stages, probes against training step) and save it to `out`.
+
+    The format follows the suffix of `out` (.png, .pdf, .svg: anything matplotlib writes; none means PNG).
+    Returns `out`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path, out = Path(path), Path(out)
+    res = load_results(path)
+    t = res.table
+    k = len(t)
+    transitions, probes = _read_extras(path, k)
+
+    step = t["step"].to_numpy(dtype=np.int64)
+    llc = t["llc_mean"].to_numpy(dtype=np.float64)
+    se = t["llc_se"].to_numpy(dtype=np.float64)
+    loss = t["init_loss"].to_numpy(dtype=np.float64)
+    verdict = t["verdict"].to_numpy(dtype=object)
+    bad = (t["status"].to_numpy(dtype=object) != "ok") | ~np.isfinite(llc)
+
+    x_zero = _zero_position(step)
+    has_zero = bool((step <= 0).any())
+
+    def x_of_step(s):
+        s = np.asarray(s, dtype=np.float64)
+        return np.where(s > 0, s, x_zero)
+
+    x = x_of_step(step)
+    smooth = (transitions or {}).get("smooth") or {}
+    smooth_x = smooth_y = None
+    if smooth.get("log_step") is not None and smooth.get("llc") is not None and len(smooth["log_step"]):
+        smooth_x, smooth_y = 10.0 ** smooth["log_step"].astype(float), smooth["llc"].astype(float)
+
+    # -- layout: λ̂ gets the most height; loss and probes are context for it
+    panels = ["llc", "loss"] + (["probes"] if probes else [])
+    heights = {"llc": 3.0, "loss": 1.5, "probes": 1.5}
+    fig = Figure(figsize=(11, 1.3 + sum(heights[p] for p in panels) * 1.15), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    axs = fig.subplots(len(panels), 1, sharex=True, height_ratios=[heights[p] for p in panels])
+    ax = dict(zip(panels, np.atleast_1d(axs)))
+
+    # x range: every checkpoint and the smoothed curve, with a little air on both sides (in log units)
+    xs = np.concatenate([x, smooth_x if smooth_x is not None else []])
+    if xs.size:
+        lo, hi = math.log10(xs.min()), math.log10(xs.max())
+    else:
+        lo, hi = 0.0, 3.0
+    pad = 0.03 * (hi - lo) + 0.05
+    x_lo, x_hi = 10 ** (lo - pad), 10 ** (hi + pad)
+    for a in ax.values():
+        a.grid(True, which="major", color="0.85", lw=0.6)
+        a.tick_params(labelsize=8.5)
+    _format_step_axis(ax["llc"], x_zero if has_zero else None, x_lo, x_hi)
+
+    # -- λ̂
+    handles = _draw_llc(ax["llc"], x, llc, se, verdict, bad, smooth_x, smooth_y, k,
+                        headroom=0.2 if transitions is not None else 0.08)
+    ax["llc"].set_ylabel(r"$\hat{\lambda}$ (LLC)", fontsize=10)
+    if k == 0:
+        ax["llc"].text(0.5, 0.5, "no checkpoints in this file", transform=ax["llc"].transAxes, ha="center",
+                       color="0.4")
+
+    # -- loss (dots mark the checkpoints while there are few enough to tell apart; beyond that they are a rope)
+    dots = "o" if k <= ERRORBARS_UP_TO else None
+    finite = np.isfinite(loss)
+    if finite.any():
+        ax["loss"].plot(x[finite], loss[finite], color=LOSS, lw=1.2, marker=dots, ms=2.5, zorder=3)
+        positive = loss[finite] > 0
+        if positive.all() and loss[finite].max() / loss[finite].min() > 30:  # a loss over orders of magnitude
+            ax["loss"].set_yscale("log")
+    ax["loss"].set_ylabel("loss $L_n(w^*)$", fontsize=10)
+
+    # -- probes
+    if probes:
+        for i, (label, values) in enumerate(probes):
+            ok = np.isfinite(values)
+            ax["probes"].plot(x[ok], values[ok], color=PROBE_COLOURS[i % len(PROBE_COLOURS)], lw=1.2, marker=dots,
+                              ms=2.5, label=label, zorder=3)
+        ax["probes"].set_ylabel("probes", fontsize=10)
+        ax["probes"].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8,
+                            frameon=False)
+
+    # -- stages, over the λ̂ and loss panels (and the probes: behaviour is read against the same stages)
+    labels, tags = [], None
+    if transitions is not None:
+        stage_handles, labels, tags = _draw_stages(list(ax.values()), ax["llc"], transitions, x_of_step)
+        handles += stage_handles
+
+    if has_zero:
+        for a in ax.values():
+            _axis_break(a, x_zero * math.sqrt(2))  # halfway, on the log axis, between 0 and the first step
+    ax[panels[-1]].set_xlabel("training step (log scale)", fontsize=10)
+    if handles:
+        ax["llc"].legend([h for h, _ in handles], [lab for _, lab in handles], loc="upper left",
+                         bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, frameon=False)
+
+    # -- title: what run, and the sampler settings that decide what λ̂ means
+    name = _run_name(res.attrs.get("checkpoint_dir"), path)
+    fig.suptitle(title or rf"$\hat{{\lambda}}$ over training: {name}", fontsize=13, x=0.01, ha="left")
+    smoothing = transitions.get("smoothing") if transitions else None
+    ax["llc"].set_title(_subtitle(res.attrs, k, int(bad.sum()), smoothing), fontsize=8.5, color="0.35", loc="left")
+
+    if labels or tags is not None:
+        fig.draw_without_rendering()  # lay out first: whether labels collide depends on the final axes size
+        _declutter(fig, labels, tags)
+    fig.savefig(out, format=out.suffix[1:].lower() or "png", dpi=dpi)
+    return out

@@ -1,0 +1,157 @@
+"""The transition detector on synthetic λ̂ / loss curves with known stage boundaries (tests/curves.py).
+
+Noise: per-chain λ̂ with a relative spread of 5% (4 chains: s.e. 2.5% of λ̂). The figures at other noise
+levels are in README.md ("Transitions"); they are measured by the same code with another `rel`.
+"""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from curves import make_curve, random_curve
+from typer.testing import CliRunner
+
+from slt_probe import store
+from slt_probe.cli import app
+from slt_probe.transitions import TransitionConfig, detect_transitions
+
+REL = 0.05
+CFG = TransitionConfig(resamples=100)
+
+
+def detect(c, **kw):
+    return detect_transitions(c.step, c.per_chain.mean(1), loss=c.loss, llc_per_chain=c.per_chain,
+                              config=kw.pop("config", CFG), **kw)
+
+
+def matches(found, true):
+    """(true boundaries found within ±1 checkpoint, found boundaries matching no true one)."""
+    hit = sum(any(abs(f - b) <= 1 for f in found) for b in true)
+    false = sum(not any(abs(f - b) <= 1 for b in true) for f in found)
+    return hit, false
+
+
+def test_synthetic_curves_precision_recall_location_and_types():
+    tp = fp = fn = tp_conf = 0
+    typed = typed_ok = 0
+    for i in range(40):
+        rng = np.random.default_rng(1000 + i)
+        c = random_curve(rng, int(rng.integers(1, 4)), rel=REL)
+        t = detect(c)
+        hit, false = matches([b.index for b in t.boundaries], c.boundaries)
+        tp, fp, fn = tp + hit, fp + false, fn + len(c.boundaries) - hit
+        tp_conf += matches([b.index for b in t.boundaries if not b.tentative], c.boundaries)[0]
+        if hit == len(c.boundaries) == len(t.boundaries):
+            typed += len(c.types)
+            typed_ok += sum(s.type == ty for s, ty in zip(t.stages, c.types))
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    print(f"\nprecision {precision:.3f} recall {recall:.3f} (confident only: recall {tp_conf / (tp + fn):.3f}); "
+          f"types {typed_ok}/{typed}")
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall)
+    assert typed >= 60 and typed_ok == typed
+
+
+def test_a_fall_in_llc_under_a_flat_loss_is_a_hidden_type_b():
+    rng = np.random.default_rng(7)
+    c = make_curve([(2.0, 25.0, 0.1), (3.5, -12.0, 0.1)], rng, rel=REL)  # rise with a loss drop; fall, loss flat
+    t = detect(c)
+    assert [b.kind for b in t.boundaries] == ["peak"] and abs(t.boundaries[0].index - c.boundaries[0]) <= 1
+    a, b = t.stages
+    assert (a.type, a.hidden) == ("A", False) and a.dllc > 0 and a.dloss < 0
+    assert (b.type, b.hidden) == ("B", True) and b.dllc < -3 * b.dllc_se
+    assert t.boundaries[0].hidden and not t.boundaries[0].tentative
+    assert t.smoothing["stable"]
+
+
+CONTROLS = {
+    "linear in log step": lambda x: 5 + 10 * (x - 1),
+    "one wide logistic": lambda x: 5 + 30 / (1 + np.exp(-(x - 3) / 0.8)),
+    "saturating": lambda x: 40 - 35 * np.exp(-(x - 1)),
+    "constant": lambda x: 20 + 0 * x,
+}
+
+
+def test_controls_without_transitions_give_no_confident_boundaries():
+    step = np.unique(np.round(np.logspace(1, 5, 60)).astype(np.int64))
+    x = np.log10(step)
+    confident = tentative = curves = 0
+    for name, f in CONTROLS.items():
+        for seed in range(10):
+            rng = np.random.default_rng(seed)
+            per_chain = f(x)[:, None] * (1 + REL * rng.standard_normal((len(x), 4)))
+            t = detect_transitions(step, per_chain.mean(1), loss=4 - 0.5 * x, llc_per_chain=per_chain, config=CFG)
+            confident += sum(not b.tentative for b in t.boundaries)
+            tentative += sum(b.tentative for b in t.boundaries)
+            curves += 1
+    print(f"\ncontrols: {confident} confident and {tentative} tentative boundaries in {curves} curves")
+    assert confident <= 0.05 * curves
+
+
+def test_means_and_standard_errors_alone_are_enough():
+    rng = np.random.default_rng(3)
+    c = make_curve([(2.0, 20.0, 0.1), (3.2, 15.0, 0.1), (4.3, -15.0, 0.1)], rng, rel=REL)
+    se = c.per_chain.std(1, ddof=1) / 2
+    from_chains = detect(c)
+    from_se = detect_transitions(c.step, c.per_chain.mean(1), se, c.loss, config=CFG)
+    assert [b.index for b in from_se.boundaries] == [b.index for b in from_chains.boundaries]
+    assert matches([b.index for b in from_se.boundaries], c.boundaries) == (2, 0)
+    assert [s.type for s in from_se.stages] == c.types == ["A", "A", "B"]
+
+
+def test_input_checks():
+    step = np.array([10, 100, 1000, 10000])
+    t = detect_transitions(step, np.ones(4), np.ones(4))
+    assert not t.boundaries and "at least 5" in t.notes[0]
+    with pytest.raises(ValueError, match="standard errors"):
+        detect_transitions(np.arange(1, 9), np.arange(8.0))
+    # failed checkpoints (NaN) are left out, and rows may come in any order
+    rng = np.random.default_rng(3)
+    c = make_curve([(2.0, 20.0, 0.1), (3.5, -12.0, 0.1)], rng, rel=REL)
+    order = rng.permutation(len(c.step))
+    y = c.per_chain.mean(1)
+    y[order[:3]] = np.nan
+    t = detect_transitions(c.step[order], y[order], (c.per_chain.std(1, ddof=1) / 2)[order], c.loss[order], config=CFG)
+    assert len(t.boundaries) == 1 and abs(c.step[order][t.boundaries[0].index] - c.step[c.boundaries[0]]) <= \
+        np.diff(c.step)[c.boundaries[0]] * 2
+
+
+def results_file(path, c):
+    rows = []
+    for i, s in enumerate(c.step):
+        row = store.empty_row(c.per_chain.shape[1], 3, 0)
+        row.update(step=int(s), path=f"step_{s}.pt", status="ok", init_loss=float(c.loss[i]),
+                   llc_mean=float(c.per_chain[i].mean()), llc_std=float(c.per_chain[i].std(ddof=1)),
+                   llc_se=float(c.per_chain[i].std(ddof=1) / 2), llc_per_chain=c.per_chain[i], verdict="ok")
+        rows.append(row)
+    attrs = {"schema": store.SCHEMA, "schema_version": store.SCHEMA_VERSION, "engine": "slt",
+             "config_resolved": {"lr": 1e-4, "nbeta": 30.0, "localization": 100.0, "chains": 4, "draws": 3}}
+    store.write(path, attrs, rows, c.per_chain.shape[1], 3, 0)
+
+
+def test_the_transitions_command_stores_its_result_and_parameters(tmp_path):
+    rng = np.random.default_rng(7)
+    c = make_curve([(2.0, 25.0, 0.1), (3.5, -12.0, 0.1)], rng, rel=REL)
+    path = tmp_path / "r.h5"
+    results_file(path, c)
+    runner = CliRunner()
+    result = runner.invoke(app, ["transitions", str(path), "--k-se", "2.5", "--resamples", "50"])
+    assert result.exit_code == 0, result.output
+    assert "hidden" in result.output and "peak" in result.output and " B " in result.output
+    t = store.read_transitions(path)
+    assert t.config == TransitionConfig(k_se=2.5, resamples=50) and len(t.boundaries) == 1
+    assert [s.type for s in t.stages] == ["A", "B"] and t.stages[1].hidden
+    with h5py.File(path, "r") as f:
+        g = f["transitions"]
+        assert json.loads(g.attrs["params"])["k_se"] == 2.5
+        for sub in ("boundaries", "stages", "smooth"):
+            assert all(g[sub][name].attrs["description"] for name in g[sub])
+    # a second run replaces the group; the rows are untouched
+    result = runner.invoke(app, ["transitions", str(path), "--json"])
+    d = json.loads(result.output)
+    assert d["params"]["k_se"] == 3.0 and store.read_transitions(path).config.k_se == 3.0
+    assert len(store.load_results(path).table) == len(c.step)
+    # and a rewrite of the rows (a resumed walk) drops the now stale transitions
+    attrs, rows = store.read(path)
+    store.write(path, attrs, rows, 4, 3, 0)
+    assert store.read_transitions(path) is None
