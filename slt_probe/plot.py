@@ -71,8 +71,11 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def _read_extras(path: Path, k: int) -> tuple[Optional[dict], list[tuple[str, np.ndarray]]]:
-    """(transitions, probes): transitions as {boundaries, stages, smooth, smoothing} or None; probes as (label, values)."""
+def _read_extras(path: Path, step: np.ndarray) -> tuple[Optional[dict], list[tuple[str, np.ndarray]]]:
+    """(transitions, probes): transitions as {boundaries, stages, smooth: columns, smoothing: dict} or None;
+    probes as [(label, values aligned with the rows)]. A probes group keys its values by its own `step`
+    dataset (probes may cover other checkpoints than the walk); without one, values must align with the rows."""
+    k = len(step)
     transitions, probes = None, []
     with h5py.File(path, "r") as f:
         t = f.get("transitions")
@@ -82,13 +85,22 @@ def _read_extras(path: Path, k: int) -> tuple[Optional[dict], list[tuple[str, np
             transitions["smoothing"] = _decode(t.attrs.get("smoothing", "{}"))
         p = f.get("probes")
         if isinstance(p, h5py.Group):
+            keyed = isinstance(p.get("step"), h5py.Dataset)
+            probe_step = p["step"][...].astype(np.int64) if keyed else step
+            row = {int(s): i for i, s in enumerate(step)}
             for name, ds in p.items():
-                if not isinstance(ds, h5py.Dataset) or ds.shape != (k,) or h5py.check_string_dtype(ds.dtype):
-                    shape = ds.shape if isinstance(ds, h5py.Dataset) else "a group"
-                    warnings.warn(f"probes/{name}: not one number per checkpoint ({shape}), not drawn")
+                if keyed and name == "step":
                     continue
+                if not isinstance(ds, h5py.Dataset) or ds.shape != probe_step.shape or h5py.check_string_dtype(ds.dtype):
+                    shape = ds.shape if isinstance(ds, h5py.Dataset) else "a group"
+                    warnings.warn(f"probes/{name}: not one number per probed step ({shape}), not drawn")
+                    continue
+                values = np.full(k, np.nan)
+                for s_, v in zip(probe_step, np.asarray(ds[...], dtype=np.float64)):
+                    if int(s_) in row:
+                        values[row[int(s_)]] = v
                 label = _decode(ds.attrs.get("label", name))
-                probes.append((str(label) if label else name, np.asarray(ds[...], dtype=np.float64)))
+                probes.append((str(label) if label else name, values))
     return transitions, probes
 
 
@@ -129,13 +141,14 @@ def _step_ticks(lo: float, hi: float) -> tuple[list[float], list[float]]:
     return major, [v for _, v in inside if v not in major]
 
 
-def _format_step_axis(ax, x_zero: Optional[float], lo: float, hi: float) -> None:
+def _format_step_axis(ax, x_zero: Optional[float], first: float, lo: float, hi: float) -> None:
+    """Log axis over [lo, hi]; labelled ticks from the first positive step on (none in the padding before it, where
+    a '9' would crowd a '10'), and '0' at step 0's position when the run has one."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     ax.set_xscale("log")
     ax.set_xlim(lo, hi)
-    smallest = x_zero * 2 if x_zero is not None else lo
-    major, minor = _step_ticks(smallest, hi)
+    major, minor = _step_ticks(first, hi)
     if x_zero is not None:
         major = [x_zero, *major]
     ax.xaxis.set_major_locator(FixedLocator(major))
@@ -207,7 +220,10 @@ def _draw_llc(ax, x, llc, se, verdict, bad, smooth_x, smooth_y, k, headroom) -> 
 
 def _draw_stages(axes, label_ax, transitions, x_of_step) -> tuple[list, list, Optional[tuple]]:
     """Shade the stages and draw the boundaries on every panel; label the stages inside the top panel and tag the
-    boundaries with their confidence along its top edge. Returns (legend handles, stage labels, boundary tags as (top axis, [(x, confidence)]))."""
+    boundaries with their confidence along its top edge.
+
+    Returns (legend handles, stage labels, boundary tags as (top axis, [(x, confidence)]) or None).
+    """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -371,14 +387,17 @@ def plot_results(path: str | Path, out: str | Path, *, title: str | None = None,
     The format follows the suffix of `out` (.png, .pdf, .svg: anything matplotlib writes; none means PNG).
     Returns `out`.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:  # an optional dependency: the walk itself does not need it
+        raise ImportError("plot_results needs matplotlib: pip install matplotlib") from e
 
     path, out = Path(path), Path(out)
     res = load_results(path)
     t = res.table
     k = len(t)
-    transitions, probes = _read_extras(path, k)
+    transitions, probes = _read_extras(path, t["step"].to_numpy(dtype=np.int64))
 
     step = t["step"].to_numpy(dtype=np.int64)
     llc = t["llc_mean"].to_numpy(dtype=np.float64)
@@ -419,15 +438,17 @@ def plot_results(path: str | Path, out: str | Path, *, title: str | None = None,
     for a in ax.values():
         a.grid(True, which="major", color="0.85", lw=0.6)
         a.tick_params(labelsize=8.5)
-    _format_step_axis(ax["llc"], x_zero if has_zero else None, x_lo, x_hi)
+    first = float(x[step > 0].min()) if (step > 0).any() else x_lo
+    _format_step_axis(ax["llc"], x_zero if has_zero else None, first, x_lo, x_hi)
 
     # -- λ̂
     handles = _draw_llc(ax["llc"], x, llc, se, verdict, bad, smooth_x, smooth_y, k,
                         headroom=0.2 if transitions is not None else 0.08)
     ax["llc"].set_ylabel(r"$\hat{\lambda}$ (LLC)", fontsize=10)
-    if k == 0:
-        ax["llc"].text(0.5, 0.5, "no checkpoints in this file", transform=ax["llc"].transAxes, ha="center",
-                       color="0.4")
+    if bad.all():  # nothing to scale the axis by: say why the panel is empty instead
+        ax["llc"].set_yticks([])
+        ax["llc"].text(0.5, 0.5, f"no λ̂: all {k} checkpoints failed" if k else "no checkpoints in this file",
+                       transform=ax["llc"].transAxes, ha="center", va="center", color="0.4")
 
     # -- loss (dots mark the checkpoints while there are few enough to tell apart; beyond that they are a rope)
     dots = "o" if k <= ERRORBARS_UP_TO else None
@@ -437,6 +458,8 @@ def plot_results(path: str | Path, out: str | Path, *, title: str | None = None,
         positive = loss[finite] > 0
         if positive.all() and loss[finite].max() / loss[finite].min() > 30:  # a loss over orders of magnitude
             ax["loss"].set_yscale("log")
+    else:
+        ax["loss"].set_yticks([])
     ax["loss"].set_ylabel("loss $L_n(w^*)$", fontsize=10)
 
     # -- probes

@@ -319,23 +319,24 @@ def read_transitions(path: Path):
     """The file's Transitions, or None when detection has not run on it."""
     from slt_probe.transitions import Boundary, Stage, TransitionConfig, Transitions
 
+    def items(g: h5py.Group, cls, fields) -> list:
+        cols = {name: (g[name].asstr()[...] if name in ("kind", "type") else g[name][...]) for name in fields}
+        n = len(next(iter(cols.values())))
+        return [cls(**{k: _decode_attr(v[i]) for k, v in cols.items()}) for i in range(n)]
+
     with h5py.File(path, "r") as f:
         if "transitions" not in f:
             return None
         g = f["transitions"]
-
-        def items(sub, cls, fields):
-            cols = {name: (g[sub][name].asstr()[...] if name in ("kind", "type") else g[sub][name][...])
-                    for name in fields}
-            n = len(next(iter(cols.values()))) if cols else 0
-            return [cls(**{k: (v[i].item() if hasattr(v[i], "item") else str(v[i])) for k, v in cols.items()})
-                    for i in range(n)]
-
-        return Transitions(
-            boundaries=items("boundaries", Boundary, BOUNDARY_FIELDS),
-            stages=items("stages", Stage, STAGE_FIELDS),
-            config=TransitionConfig(**json.loads(g.attrs["params"])),
-            smoothing=json.loads(g.attrs["smoothing"]),
-            log_step=g["smooth/log_step"][...], llc_smooth=g["smooth/llc"][...], dllc_smooth=g["smooth/dllc"][...],
-            notes=json.loads(g.attrs.get("notes", "[]")),
-        )
+        try:
+            return Transitions(
+                boundaries=items(g["boundaries"], Boundary, BOUNDARY_FIELDS),
+                stages=items(g["stages"], Stage, STAGE_FIELDS),
+                config=TransitionConfig(**json.loads(g.attrs["params"])),
+                smoothing=json.loads(g.attrs["smoothing"]),
+                log_step=g["smooth/log_step"][...], llc_smooth=g["smooth/llc"][...], dllc_smooth=g["smooth/dllc"][...],
+                notes=json.loads(g.attrs.get("notes", "[]")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"the transitions group is incomplete or foreign ({e}); run slt-probe transitions again") \
+                from None

@@ -3,13 +3,13 @@
 from pathlib import Path
 
 import h5py
-import matplotlib
 import numpy as np
 import pytest
-from matplotlib.image import imread
 
 from slt_probe import store
 from slt_probe.plot import plot_results
+
+matplotlib = pytest.importorskip("matplotlib")
 
 C, DRAWS, BURNIN = 2, 3, 0
 ATTRS = {"schema": store.SCHEMA, "schema_version": store.SCHEMA_VERSION, "engine": "slt", "method": "loop",
@@ -73,6 +73,7 @@ def write_results(path, steps, failed=(), warn=(), fail=(), transitions=True, pr
                        llc_mean=float(llc_curve(s) + se * rng.normal()), llc_se=se, chains_ok=C,
                        verdict="fail" if s in fail else "warn" if s in warn else "ok")
         rows.append(row)
+    Path(path).unlink(missing_ok=True)  # a fresh file: store.write keeps an existing file's probes
     store.write(path, ATTRS, rows, C, DRAWS, BURNIN)
     steps = np.sort(np.asarray(steps))
     with h5py.File(path, "a") as f:
@@ -91,12 +92,12 @@ def write_results(path, steps, failed=(), warn=(), fail=(), transitions=True, pr
 
 
 STEPS = np.unique(np.round(np.logspace(1, 5, 30)).astype(int))
-
-
 LOW = 60  # dpi for the tests that only need a picture, not a sharp one: quicker
 
 
 def check_png(path, dpi=150):
+    from matplotlib.image import imread
+
     image = imread(path)
     assert image.ndim == 3 and image.shape[1] >= 10 * dpi and image.shape[0] >= 6 * dpi  # 11 in wide, 7+ in tall
     assert image[..., :3].std() > 0.05  # something was drawn, not a blank page
@@ -162,7 +163,8 @@ def test_crowded_stages_keep_hidden_labels_and_the_surest_boundary_tags(tmp_path
     steps = np.r_[0, np.unique(np.round(np.logspace(1, 5, 60)).astype(int))]
     src = write_results(tmp_path / "r.h5", steps, transitions=False, probes=False)
     with h5py.File(src, "a") as f:
-        # 0.42 sits right next to 0.81: one tag must go; the hidden B between them is too narrow for a word
+        # 0.42 sits right next to 0.81: one tag must go. The hidden B between them is too narrow for a word (a purple
+        # "B"); the hidden A at the end has room for "A / hidden" stacked, not for "A (hidden)".
         add_transitions(f, steps, np.searchsorted(steps, [30, 200, 240, 9000, 50000]), [0.99, 0.81, 0.42, 0.95, 0.88],
                         ["other", "A", "B", "A", "B", "A"], [0, 0, 1, 0, 0, 1], precise=False, smooth=False)
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text, so the test can read it

@@ -155,3 +155,20 @@ def test_the_transitions_command_stores_its_result_and_parameters(tmp_path):
     attrs, rows = store.read(path)
     store.write(path, attrs, rows, 4, 3, 0)
     assert store.read_transitions(path) is None
+
+
+def test_the_plot_command_draws_the_stages(tmp_path):
+    rng = np.random.default_rng(7)
+    c = make_curve([(2.0, 25.0, 0.1), (3.5, -12.0, 0.1)], rng, rel=REL)
+    path = tmp_path / "r.h5"
+    results_file(path, c)
+    runner = CliRunner()
+    assert runner.invoke(app, ["transitions", str(path), "--resamples", "20"]).exit_code == 0
+    result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / "curves.png")])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    with Image.open(tmp_path / "curves.png") as im:
+        assert im.size[0] > 800 and im.size[1] > 500
+    result = runner.invoke(app, ["plot", str(tmp_path / "missing.h5")])
+    assert result.exit_code == 2 and "missing.h5" in result.output and "Traceback" not in result.output
