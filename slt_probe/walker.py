@@ -56,7 +56,8 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _fill(row: dict[str, Any], r: LLCResult) -> None:
+def fill_row(row: dict[str, Any], r: LLCResult) -> None:
+    """Copy an estimate into a results row (store.empty_row); also used by the training hook."""
     d = r.diagnostics
     row.update(
         status="ok", init_loss=r.init_loss, llc_mean=r.llc_mean, llc_std=r.llc_std, llc_se=r.llc_se,
@@ -65,6 +66,21 @@ def _fill(row: dict[str, Any], r: LLCResult) -> None:
         rhat=d.rhat, ess_bulk=d.ess_bulk, ess_tail=d.ess_tail, acceptance=d.acceptance, drift=d.drift,
         chains_ok=d.chains_ok, verdict=d.verdict, reasons="; ".join(d.reasons),
     )
+
+
+def run_attrs(config: SGLDConfig, device, engine: str, model: nn.Module, data: Data,
+              meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The root attributes of a results file (store.py documents them); also used by the training hook."""
+    attrs = {
+        "schema": store.SCHEMA, "schema_version": store.SCHEMA_VERSION,
+        "description": "local learning coefficient (λ̂) at each checkpoint of a training run, by slt-probe walk",
+        "created": store.utc_now(), "engine": engine, "device": str(device),
+        "config_resolved": config.to_dict(), "num_params": sum(p.numel() for p in model.parameters()),
+        "num_samples": num_samples(data), "versions": store.versions(), **(meta or {}),
+    }
+    for dist in ("slt-probe", "torch", "devinterp"):
+        attrs[f"{dist.replace('-', '_')}_version"] = attrs["versions"][dist]
+    return attrs
 
 
 def _sampling_method(model: nn.Module, data: Data, loss_fn: Optional[LossFn], config: SGLDConfig) -> str:
@@ -108,16 +124,7 @@ def walk(
     model = model.to(device)
     data = to_device(data, device)
 
-    attrs = {
-        "schema": store.SCHEMA, "schema_version": store.SCHEMA_VERSION,
-        "description": "local learning coefficient (λ̂) at each checkpoint of a training run, by slt-probe walk",
-        "created": store.utc_now(), "engine": engine, "device": str(device),
-        "config_resolved": config.to_dict(), "num_params": sum(p.numel() for p in model.parameters()),
-        "num_samples": num_samples(data), "versions": store.versions(), **(meta or {}),
-    }
-    for dist in ("slt-probe", "torch", "devinterp"):
-        attrs[f"{dist.replace('-', '_')}_version"] = attrs["versions"][dist]
-
+    attrs = run_attrs(config, device, engine, model, data, meta)
     rows: dict[int, dict[str, Any]] = {}
     method = None
     if out.exists() and not overwrite:
@@ -164,7 +171,7 @@ def walk(
                 load_into(model, load_state_dict(ckpt, device), source=str(ckpt.path))
                 result = estimate_llc(model, data, loss_fn=loss_fn, config=run_config, engine=engine,
                                       progress=lambda done, total: emit("steps", done=done, total=total))
-                _fill(row, result)
+                fill_row(row, result)
             except CheckpointError as e:
                 error = str(e)
             except (ValueError, RuntimeError, TypeError, IndexError) as e:  # the forward pass failed on these weights
