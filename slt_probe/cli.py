@@ -16,6 +16,12 @@ app = typer.Typer(help="Local learning coefficient (LLC) estimation for developm
 console = Console(stderr=True)
 
 
+def stdout_console() -> Console:
+    """Tables for people: no folding at 80 columns when piped or captured."""
+    out = Console(soft_wrap=True)
+    return out if out.is_terminal else Console(soft_wrap=True, width=200)
+
+
 def sampling_progress(quiet: bool) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet)
@@ -157,8 +163,7 @@ def walk(
 ):
     """Estimate λ̂ at every checkpoint in CKPT_DIR, with the same settings, into one HDF5 file."""
     from slt_probe import checkpoints as ck
-    from slt_probe import inputs
-    from slt_probe.data import check_lm_tokens, num_samples
+    from slt_probe.data import num_samples
     from slt_probe.errors import InputError
     from slt_probe.sampler import resolve_device
     from slt_probe.walker import walk as walk_checkpoints
@@ -178,23 +183,8 @@ def walk(
                 typer.echo(f"{c.step:>10}  {c.format:<12} {c.path}")
             typer.echo(f"{len(todo)} of {len(found)} checkpoints would be walked")
             return
-        if model is not None:
-            net, model_desc = inputs.build_model(model, model_config)
-        else:
-            hf = ck.hf_config_path(todo[0])
-            if hf is None:
-                raise InputError(f"{todo[0].path}: not a Hugging Face folder with config.json; pass --model")
-            net, model_desc = inputs.build_hf_model(hf)
-        if data is None:
-            raise InputError("--data is required: the samples λ̂ is measured on")
-        dataset, data_desc = inputs.load_data(data, context=context, tokenizer=tokenizer)
-        loss_fn = inputs.load_loss(loss)
-        if loss_fn is None:
-            try:
-                check_lm_tokens(dataset)
-            except ValueError as e:
-                raise InputError(f"{data}: {e}") from None
-            inputs.check_tokens_fit(dataset, net, data_path=data, whole_rows=engine == "devinterp")
+        net, model_desc, dataset, data_desc, loss_fn = model_and_data(
+            todo[0], model, model_config, data, context, tokenizer, loss, engine)
         if cfg.batch_size > num_samples(dataset):
             raise InputError(f"{data}: {num_samples(dataset)} samples, fewer than --batch-size {cfg.batch_size}")
         resolve_device(cfg.device)
@@ -249,6 +239,33 @@ def walk(
         for f in summary.failed:
             console.print(f"  {f['message']}", highlight=False, markup=False)
         raise typer.Exit(1)
+
+
+def model_and_data(first, model, model_config, data, context, tokenizer, loss, engine="slt"):
+    """(model, its description, data, its description, loss_fn or None) from the command line; InputError if bad."""
+    from slt_probe import checkpoints as ck
+    from slt_probe import inputs
+    from slt_probe.data import check_lm_tokens
+    from slt_probe.errors import InputError
+
+    if model is not None:
+        net, model_desc = inputs.build_model(model, model_config)
+    else:
+        hf = ck.hf_config_path(first)
+        if hf is None:
+            raise InputError(f"{first.path}: not a Hugging Face folder with config.json; pass --model")
+        net, model_desc = inputs.build_hf_model(hf)
+    if data is None:
+        raise InputError("--data is required: the samples λ̂ is measured on")
+    dataset, data_desc = inputs.load_data(data, context=context, tokenizer=tokenizer)
+    loss_fn = inputs.load_loss(loss)
+    if loss_fn is None:
+        try:
+            check_lm_tokens(dataset)
+        except ValueError as e:
+            raise InputError(f"{data}: {e}") from None
+        inputs.check_tokens_fit(dataset, net, data_path=data, whole_rows=engine == "devinterp")
+    return net, model_desc, dataset, data_desc, loss_fn
 
 
 def command_line(ctx) -> str:
@@ -310,9 +327,7 @@ def inspect(
                 for r in t.drop(columns=["sha256"]).to_dict(orient="records")]
         typer.echo(json.dumps({"path": results, "attrs": res.attrs, "checkpoints": rows}, default=str))
         return
-    out = Console(soft_wrap=True)
-    if not out.is_terminal:  # piped: do not fold the table at 80 columns
-        out = Console(soft_wrap=True, width=200)
+    out = stdout_console()
     a = res.attrs
     out.print(f"[bold]{results}[/bold]  {len(t)} checkpoints, engine {a.get('engine')} ({a.get('method')}), "
               f"device {a.get('device')}, created {a.get('created')}", highlight=False)
@@ -352,7 +367,7 @@ def transition_config(**options):
     return replace(TransitionConfig(), **{k: v for k, v in options.items() if v is not None})
 
 
-def transitions_table(t) -> "Table":
+def transitions_table(t):
     from rich.table import Table
 
     table = Table(show_edge=False, title="developmental stages", title_justify="left")
@@ -401,7 +416,7 @@ def transitions(
     if as_json:
         typer.echo(json.dumps(transitions_json(t)))
         return
-    Console(soft_wrap=True).print(transitions_table(t))
+    stdout_console().print(transitions_table(t))
     for note in t.notes:
         typer.echo(f"note: {note}")
 
@@ -421,6 +436,131 @@ def plot(
     except (OSError, ValueError) as e:
         fail(f"{results}: {e}", debug)
     typer.echo(f"wrote {path}")
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# calibrate
+
+
+def parse_floats(text: Optional[str], option: str) -> Optional[list[float]]:
+    from slt_probe.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InputError(f"{option} expects comma-separated numbers, got {text!r}") from None
+
+
+def probe_points(found, at: str, steps: Optional[str]):
+    """The checkpoints to calibrate at: --steps, or --at first (the first after step 0), middle, last."""
+    from slt_probe import checkpoints as ck
+    from slt_probe.errors import InputError
+
+    if steps:
+        return ck.select(found, steps=parse_steps(steps))
+    trained = [c for c in found if c.step > 0] or found  # step 0 is the random init: not what the walk measures
+    where = {"first": trained[0], "middle": trained[len(trained) // 2], "last": trained[-1]}
+    chosen = []
+    for name in at.replace(" ", "").split(","):
+        if name not in where:
+            raise InputError(f"--at expects first, middle and/or last, got {name!r}")
+        if where[name] not in chosen:
+            chosen.append(where[name])
+    return sorted(chosen, key=lambda c: c.step)
+
+
+@app.command()
+def calibrate(
+    ckpt_dir: str = typer.Argument(..., help="folder of checkpoints"),
+    model: Optional[str] = typer.Option(None, help="path/to/file.py:factory or package.module:factory"),
+    model_config: Optional[str] = typer.Option(None, help="JSON/TOML file of keyword arguments for the factory"),
+    data: Optional[str] = typer.Option(None, help=".npy | .bin | .pt | .npz | file.h5:dataset | text file"),
+    context: Optional[int] = typer.Option(None, help="window length for 1-D token streams and text"),
+    tokenizer: Optional[str] = typer.Option(None, help="'byte' for text files"),
+    loss: Optional[str] = typer.Option(None, help="file.py:fn (default: next-token cross-entropy)"),
+    at: str = typer.Option("first,middle,last", help="which checkpoints: first (after step 0), middle, last"),
+    steps: Optional[str] = typer.Option(None, help="calibrate at these steps instead, e.g. 100,1000"),
+    lr_grid: str = typer.Option("1e-5,3e-5,1e-4,3e-4,1e-3", "--lr", help="step sizes ε to try"),
+    localization_grid: str = typer.Option("30,100,300", "--localization", help="localizations γ to try"),
+    nbeta_grid: Optional[str] = typer.Option(None, "--nbeta", help="nβ values to try [n / log n]"),
+    chains: int = typer.Option(4, help="chains per grid point"),
+    draws: int = typer.Option(200, help="kept draws per chain"),
+    burnin: int = typer.Option(50, help="burn-in steps"),
+    batch_size: int = typer.Option(32, help="minibatch size"),
+    seed: int = typer.Option(0, help="seed of minibatches and noise"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:i]"),
+    sequential: bool = typer.Option(False, help="one grid point at a time instead of one batched run"),
+    out: str = typer.Option("calibration.h5", "--out", "-o", help="the full sweep (HDF5)"),
+    toml: str = typer.Option("calibration.toml", help="the recommendation, for walk --config"),
+    png: str = typer.Option("calibration.png", help="λ̂ against lr, and the loss traces"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+    debug: bool = typer.Option(False, help="show Python tracebacks"),
+):
+    """Sweep lr × localization (× nbeta) at a few checkpoints and recommend SGLD settings, with the evidence."""
+    import copy
+
+    from slt_probe import checkpoints as ck
+    from slt_probe.calibrate import CalibrationGrid, failed_checks
+    from slt_probe.calibrate import calibrate as run_calibration
+    from slt_probe.errors import CheckpointError, InputError
+    from slt_probe.plot import plot_calibration
+    from slt_probe.sampler import resolve_device
+    from slt_probe.store import write_calibration
+
+    try:
+        grid = CalibrationGrid(lr=parse_floats(lr_grid, "--lr"), localization=parse_floats(localization_grid,
+                               "--localization"), nbeta=parse_floats(nbeta_grid, "--nbeta"))
+        cfg = slt_probe.SGLDConfig(chains=chains, draws=draws, burnin=burnin, batch_size=batch_size, seed=seed,
+                                   device=device)
+        dev = resolve_device(device)
+        found, _ = ck.discover(ckpt_dir)
+        points = probe_points(found, at, steps)
+        net, model_desc, dataset, data_desc, loss_fn = model_and_data(points[0], model, model_config, data, context,
+                                                                       tokenizer, loss)
+        models = []
+        for c in points:
+            m = copy.deepcopy(net).to(dev)
+            try:
+                ck.load_into(m, ck.load_state_dict(c, dev), source=str(c.path))
+            except CheckpointError as e:
+                raise InputError(str(e)) from None
+            models.append((c.step, m))
+    except (InputError, ValueError) as e:
+        fail(str(e), debug)
+
+    with sampling_progress(quiet) as bar:
+        task = bar.add_task("calibrate", total=len(points) * (1 if not sequential else len(grid.points(1.0))))
+        cal = run_calibration(models, dataset, loss_fn=loss_fn, grid=grid, config=cfg, vectorize=not sequential,
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+    write_calibration(out, cal, {"model": model_desc, "data": data_desc, "checkpoint_dir": ck_dir_abs(ckpt_dir)})
+    plot_calibration(cal, png)
+
+    from rich.table import Table
+
+    table = Table(show_edge=False)
+    for col in ("lr", "γ", "nβ", *[f"λ̂ @ {s}" for s in cal.steps], "ESS/s", "result"):
+        table.add_column(col, justify="left" if col == "result" else "right")
+    for g, p in enumerate(cal.points):
+        cells = [f"{r.llc_mean:.3g} ± {r.llc_se:.2g}" for r in cal.results[g]]
+        failed = sorted({k for r in cal.results[g] for k in failed_checks(r)})
+        result = ("RECOMMENDED" if g == cal.recommended else "pass" + (", plateau" if cal.on_plateau[g] else "")) \
+            if cal.passed[g] else "fail: " + ", ".join(failed)
+        table.add_row(f"{p['lr']:g}", f"{p['localization']:g}", f"{p['nbeta']:.4g}", *cells,
+                      f"{cal.ess_per_second[g]:.0f}", result)
+    stdout_console().print(table)
+    for line in cal.advice:
+        typer.echo(f"note: {line}")
+    typer.echo(f"wrote {out}, {png}")
+    if cal.recommended is None:
+        typer.echo("no configuration passed: nothing recommended (see the notes above)")
+        raise typer.Exit(1)
+    cal.write_toml(toml)
+    best = cal.points[cal.recommended]
+    typer.echo(f"recommended: lr {best['lr']:g}, localization {best['localization']:g}, nbeta {best['nbeta']:.4g} "
+               f"→ {toml} (slt-probe walk ... --config {toml})")
 
 
 if __name__ == "__main__":

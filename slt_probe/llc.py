@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from slt_probe.data import Data, LossFn, as_tuple, batch_schedule, check_lm_tokens, lm_cross_entropy, take, to_device
+from slt_probe.data import (Data, LossFn, as_tuple, batch_schedule, check_lm_tokens, lm_cross_entropy, num_samples,
+                             take, to_device)
 from slt_probe.diagnostics import Diagnostics, diagnose
-from slt_probe.sampler import SGLDConfig, resolve_device, run_chains
+from slt_probe.sampler import ChainTrace, SGLDConfig, resolve_device, run_chains
 
 
 @dataclass
@@ -140,21 +141,7 @@ def estimate_llc(
     if engine != "slt":
         raise ValueError(f"engine must be 'slt' or 'devinterp', got {engine!r}")
 
-    device = resolve_device(config.device)
-    dtype = getattr(torch, config.dtype)
-    work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    for p in work.parameters():
-        p.requires_grad_(False)  # gradients come from torch.func, never from .grad
-    data = to_device(data, device)
-    num_params = sum(p.numel() for p in work.parameters())
-
-    # Minibatches depend on the seed alone: every chain and every checkpoint sees the same sequence.
-    schedule = batch_schedule(n, config.batch_size, config.steps, config.seed, config.mala_period).to(device)  # [T, B]
-    init_loss = evaluate_loss(work, loss_fn, data, schedule[config.burnin :], chunk=4 * config.batch_size)
-    if not math.isfinite(init_loss):
-        raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")
-
-    trace = run_chains(work, loss_fn, data, config, schedule, progress=progress)
+    trace, init_loss, num_params = sample(model, data, loss_fn, config, progress=progress)
     return summarize(
         trace.loss.double().numpy(),
         init_loss,
@@ -167,3 +154,34 @@ def estimate_llc(
         notes=trace.notes,
         seconds=trace.seconds,
     )
+
+
+def sample(
+    model: nn.Module,
+    data: Data,
+    loss_fn: LossFn,
+    config: SGLDConfig,
+    *,
+    per_chain: Optional[dict] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> tuple[ChainTrace, float, int]:
+    """The raw chains behind estimate_llc: (trace, L_n(w*), number of parameters). config.nbeta resolved.
+
+    per_chain: {"lr" | "localization" | "nbeta": [chains] values} samples a hyperparameter grid in one run.
+    """
+    device = resolve_device(config.device)
+    dtype = getattr(torch, config.dtype)
+    work = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    for p in work.parameters():
+        p.requires_grad_(False)  # gradients come from torch.func, never from .grad
+    data = to_device(data, device)
+    n = num_samples(data)
+    num_params = sum(p.numel() for p in work.parameters())
+
+    # Minibatches depend on the seed alone: every chain and every checkpoint sees the same sequence.
+    schedule = batch_schedule(n, config.batch_size, config.steps, config.seed, config.mala_period).to(device)  # [T, B]
+    init_loss = evaluate_loss(work, loss_fn, data, schedule[config.burnin :], chunk=4 * config.batch_size)
+    if not math.isfinite(init_loss):
+        raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")
+    trace = run_chains(work, loss_fn, data, config, schedule, progress=progress, per_chain=per_chain)
+    return trace, init_loss, num_params

@@ -497,3 +497,72 @@ def plot_results(path: str | Path, out: str | Path, *, title: str | None = None,
         _declutter(fig, labels, tags)
     fig.savefig(out, format=out.suffix[1:].lower() or "png", dpi=dpi)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# calibration sweeps
+
+
+def plot_calibration(cal, out: str | Path, *, dpi: int = 130) -> Path:
+    """λ̂ against lr for each localization (one panel per probed checkpoint), and the loss traces of every
+    grid point at the last probed checkpoint: what `slt-probe calibrate` decided from, in one picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from slt_probe.calibrate import failed_checks
+
+    out = Path(out)
+    P = len(cal.steps)
+    series = sorted({(p["localization"], p["nbeta"]) for p in cal.points})
+    lrs = sorted({p["lr"] for p in cal.points})
+    llc, se = cal.llc(), cal.llc_se()
+    fig = Figure(figsize=(max(8, 3.6 * P), 3.2 + 1.5 * len(series)), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 0.5 * len(series) + 0.4])
+    axes = top.subplots(1, P, squeeze=False)[0]
+    colours = [f"C{i}" for i in range(10)]
+    for j, ax in enumerate(axes):
+        for k, (gamma, nbeta) in enumerate(series):
+            members = sorted((g for g, p in enumerate(cal.points) if (p["localization"], p["nbeta"]) == (gamma, nbeta)),
+                             key=lambda g: cal.points[g]["lr"])
+            x = np.array([cal.points[g]["lr"] for g in members])
+            y, e = llc[members, j], se[members, j]
+            label = f"γ {gamma:g}" + (f", nβ {nbeta:.3g}" if len({s[1] for s in series}) > 1 else "")
+            ax.plot(x, y, color=colours[k % 10], lw=1, alpha=0.6)
+            for g, xv, yv, ev in zip(members, x, y, e):
+                ok = cal.passed[g]
+                ax.errorbar([xv], [yv], yerr=[ev] if np.isfinite(ev) else None, fmt="o" if ok else "x",
+                            color=colours[k % 10], mfc=colours[k % 10] if ok else "none", ms=6)
+                if g == cal.recommended:
+                    ax.plot([xv], [yv], marker="*", ms=16, color="gold", mec="black", zorder=5)
+            ax.plot([], [], color=colours[k % 10], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("lr (ε)")
+        ax.set_title(f"checkpoint step {cal.steps[j]}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("λ̂ ± s.e.")
+    axes[0].plot([], [], "x", color="grey", label="failed a diagnostic")
+    axes[0].plot([], [], "*", ms=12, color="gold", mec="black", label="recommended")
+    axes[-1].legend(fontsize=8, loc="best")
+    top.suptitle("calibration: λ̂ against step size (a good lr sits where λ̂ stops changing)", fontsize=11)
+
+    grid_axes = bottom.subplots(len(series), len(lrs), squeeze=False, sharex=True)
+    j = P - 1
+    for r, (gamma, nbeta) in enumerate(series):
+        for c, lr in enumerate(lrs):
+            ax = grid_axes[r][c]
+            g = next((g for g, p in enumerate(cal.points)
+                      if (p["localization"], p["nbeta"], p["lr"]) == (gamma, nbeta, lr)), None)
+            if g is None:
+                ax.axis("off")
+                continue
+            res = cal.results[g][j]
+            for chain in np.asarray(res.loss_trace):
+                ax.plot(chain, lw=0.6, alpha=0.8)
+            ax.axhline(res.init_loss, color="black", lw=0.8, ls="--")
+            status = "ok" if cal.passed[g] else ",".join(failed_checks(res)) or res.verdict
+            ax.set_title(f"lr {lr:g} · γ {gamma:g}: {status}", fontsize=7, color="black" if cal.passed[g] else "red")
+            ax.tick_params(labelsize=6)
+    bottom.suptitle(f"loss traces at step {cal.steps[j]} (dashed: L_n(w*))", fontsize=10)
+    fig.savefig(out, dpi=dpi)
+    return out

@@ -136,6 +136,11 @@ class FlatModel:
         return functional_call(self.objective, self.unflatten(w), (batch,))
 
 
+def _col(v):
+    """A per-chain [C, 1] hyperparameter as [C] (to scale per-chain scalars); a float stays a float."""
+    return v[:, 0] if isinstance(v, torch.Tensor) else v
+
+
 def _sync(device: torch.device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -152,17 +157,28 @@ def run_chains(
     config: SGLDConfig,
     schedule: torch.Tensor,
     progress: Optional[Callable[[int, int], None]] = None,
+    per_chain: Optional[dict[str, torch.Tensor]] = None,
 ) -> ChainTrace:
     """Sample `config.chains` SGLD chains around the model's current parameters.
 
     `model` must already be on the sampling device and dtype, in eval mode; `data` on the same device;
     `config.nbeta` resolved; `schedule` [steps, batch] the minibatch indices of every step (data.batch_schedule).
     `progress(done_steps, total_steps)` is called now and then.
+    `per_chain`: optional {"lr", "localization", "nbeta"} -> [chains] values overriding the config's, so that
+    one run samples a grid of hyperparameters, a group of chains per grid point (calibrate.py).
     """
     device = next(model.parameters()).device
     flat = FlatModel(model, loss_fn)
     C, D, T = config.chains, flat.w0.numel(), config.steps
     lr, gamma, nbeta = config.lr, config.localization, float(config.nbeta)
+    sqrt_lr = math.sqrt(lr)
+    if per_chain:  # [C, 1] columns broadcast over the parameters; plain floats otherwise (cheaper)
+        def column(name, default):
+            v = torch.as_tensor(per_chain.get(name, default), dtype=flat.w0.dtype, device=device)
+            return v.reshape(-1, 1).expand(C, 1).contiguous()
+
+        lr, gamma, nbeta = column("lr", lr), column("localization", gamma), column("nbeta", nbeta)
+        sqrt_lr = lr.sqrt()
     k = config.mala_period
     # The noise, like the minibatch schedule, depends on the seed alone (common random numbers).
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
@@ -249,26 +265,28 @@ def run_chains(
 
         # Lau et al. 2023 (arXiv 2308.12108) eq. 8: Δw = ε/2 (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε)
         offset = w - w0  # [C, D]
-        drift = grad.mul_(nbeta).add_(offset, alpha=gamma)  # ∇U(w), U = nβ L_m + γ/2 |w - w*|²
+        mala_step = pair_index < len(pair_steps) and t - pair_steps[pair_index] in (0, 1)
+        half_sq = 0.5 * offset.square().sum(1) if mala_step else None  # |w - w*|² / 2, for the MALA energy
+        drift = grad.mul_(nbeta).add_(offset.mul_(gamma))  # ∇U(w), U = nβ L_m + γ/2 |w - w*|²
         torch.randn(noise.shape, generator=gen, device=device, dtype=w.dtype, out=noise)
 
         if pair_index < len(pair_steps):
             if t == pair_steps[pair_index] + 1:
                 # MALA (Roberts & Tweedie 1996): log α = −ΔU + log q(w_t | w_t+1) − log q(w_t+1 | w_t),
                 # on one minibatch potential, since step t reused step t−1's batch.
-                energy = nbeta * loss.detach() + 0.5 * gamma * offset.square().sum(1)
-                back = prev_drift.add_(drift).mul_(lr / 2).sub_(prev_noise, alpha=math.sqrt(lr))
-                log_q_back = -back.square().sum(1) / (2 * lr)
+                energy = _col(nbeta) * loss.detach() + _col(gamma) * half_sq
+                back = prev_drift.add_(drift).mul_(lr / 2).sub_(prev_noise * sqrt_lr)
+                log_q_back = -back.square().sum(1) / (2 * _col(lr))
                 log_q_fwd = -0.5 * prev_noise.square().sum(1)
                 log_alpha = prev_energy - energy + log_q_back - log_q_fwd
                 mala[:, pair_index] = torch.exp(torch.clamp(log_alpha, max=0.0))
                 pair_index += 1
             if pair_index < len(pair_steps) and t == pair_steps[pair_index]:
-                prev_energy = nbeta * loss.detach() + 0.5 * gamma * offset.square().sum(1)
+                prev_energy = _col(nbeta) * loss.detach() + _col(gamma) * half_sq
                 prev_drift.copy_(drift)
                 prev_noise.copy_(noise)
 
-        w.add_(drift, alpha=-lr / 2).add_(noise, alpha=math.sqrt(lr))
+        w.add_(drift.mul_(-0.5 * lr)).add_(noise.mul_(sqrt_lr))
 
         # One host sync every 64 steps: stop early once every chain has diverged.
         if (t + 1) % 64 == 0 or t == T - 1:
