@@ -455,13 +455,17 @@ def parse_floats(text: Optional[str], option: str) -> Optional[list[float]]:
 
 
 def probe_points(found, at: str, steps: Optional[str]):
-    """The checkpoints to calibrate at: --steps, or --at first (the first after step 0), middle, last."""
+    """The checkpoints to calibrate at: --steps, or --at first, middle, last.
+
+    "first" is meant to be early but past warm-up: the first checkpoint at or beyond 1% of the last step
+    (step 0 is the random initialisation, not a model the walk's settings must suit).
+    """
     from slt_probe import checkpoints as ck
     from slt_probe.errors import InputError
 
     if steps:
         return ck.select(found, steps=parse_steps(steps))
-    trained = [c for c in found if c.step > 0] or found  # step 0 is the random init: not what the walk measures
+    trained = [c for c in found if c.step > 0 and c.step >= found[-1].step / 100] or found
     where = {"first": trained[0], "middle": trained[len(trained) // 2], "last": trained[-1]}
     chosen = []
     for name in at.replace(" ", "").split(","):
@@ -481,7 +485,7 @@ def calibrate(
     context: Optional[int] = typer.Option(None, help="window length for 1-D token streams and text"),
     tokenizer: Optional[str] = typer.Option(None, help="'byte' for text files"),
     loss: Optional[str] = typer.Option(None, help="file.py:fn (default: next-token cross-entropy)"),
-    at: str = typer.Option("first,middle,last", help="which checkpoints: first (after step 0), middle, last"),
+    at: str = typer.Option("first,middle,last", help="which checkpoints: first (past 1% of the run), middle, last"),
     steps: Optional[str] = typer.Option(None, help="calibrate at these steps instead, e.g. 100,1000"),
     lr_grid: str = typer.Option("1e-5,3e-5,1e-4,3e-4,1e-3", "--lr", help="step sizes ε to try"),
     localization_grid: str = typer.Option("30,100,300", "--localization", help="localizations γ to try"),
