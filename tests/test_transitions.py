@@ -129,11 +129,16 @@ def results_file(path, c):
     store.write(path, attrs, rows, c.per_chain.shape[1], 3, 0)
 
 
-def test_the_transitions_command_stores_its_result_and_parameters(tmp_path):
-    rng = np.random.default_rng(7)
-    c = make_curve([(2.0, 25.0, 0.1), (3.5, -12.0, 0.1)], rng, rel=REL)
-    path = tmp_path / "r.h5"
-    results_file(path, c)
+@pytest.fixture()
+def rise_then_hidden_fall(tmp_path):
+    """A results file whose λ̂ rises (loss falls) and then falls under a flat loss; and its curve."""
+    c = make_curve([(2.0, 25.0, 0.1), (3.5, -12.0, 0.1)], np.random.default_rng(7), rel=REL)
+    results_file(tmp_path / "r.h5", c)
+    return tmp_path / "r.h5", c
+
+
+def test_the_transitions_command_stores_its_result_and_parameters(rise_then_hidden_fall):
+    path, c = rise_then_hidden_fall
     runner = CliRunner()
     result = runner.invoke(app, ["transitions", str(path), "--k-se", "2.5", "--resamples", "50"])
     assert result.exit_code == 0, result.output
@@ -157,11 +162,8 @@ def test_the_transitions_command_stores_its_result_and_parameters(tmp_path):
     assert store.read_transitions(path) is None
 
 
-def test_the_plot_command_draws_the_stages(tmp_path):
-    rng = np.random.default_rng(7)
-    c = make_curve([(2.0, 25.0, 0.1), (3.5, -12.0, 0.1)], rng, rel=REL)
-    path = tmp_path / "r.h5"
-    results_file(path, c)
+def test_the_plot_command_draws_the_stages(rise_then_hidden_fall, tmp_path):
+    path, _ = rise_then_hidden_fall
     runner = CliRunner()
     assert runner.invoke(app, ["transitions", str(path), "--resamples", "20"]).exit_code == 0
     result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / "curves.png")])
