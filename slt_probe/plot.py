@@ -89,7 +89,7 @@ def _read_extras(path: Path, step: np.ndarray) -> tuple[Optional[dict], list[tup
             probe_step = p["step"][...].astype(np.int64) if keyed else step
             row = {int(s): i for i, s in enumerate(step)}
             for name, ds in p.items():
-                if keyed and name == "step":
+                if (keyed and name == "step") or isinstance(ds, h5py.Group):  # per-head arrays live in a subgroup
                     continue
                 if not isinstance(ds, h5py.Dataset) or ds.shape != probe_step.shape or h5py.check_string_dtype(ds.dtype):
                     shape = ds.shape if isinstance(ds, h5py.Dataset) else "a group"

@@ -98,8 +98,10 @@ def empty_row(chains: int, draws: int, burnin: int) -> dict[str, Any]:
 KEPT_GROUPS = ("probes",)
 
 
-def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains: int, draws: int, burnin: int) -> None:
-    """Write the whole file atomically: attrs (JSON-encoded when not str/number) and rows sorted by step."""
+def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains: int, draws: int, burnin: int,
+          probes: Optional["Probes"] = None) -> None:
+    """Write the whole file atomically: attrs (JSON-encoded when not str/number), rows sorted by step, and the
+    probes group (from `probes` when given, else carried over from the file being replaced)."""
     path = Path(path)
     rows = sorted(rows, key=lambda r: r["step"])
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
@@ -128,15 +130,63 @@ def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains:
                 ds.attrs["description"] = description
                 if kind in ("trace", "burnin", "chain"):
                     ds.attrs["dims"] = json.dumps(["checkpoint", "chain", "draw" if kind == "trace" else "step"][: arr.ndim])
+            if probes is not None:
+                probes.write(f.create_group("probes"))
             if path.exists():
                 with h5py.File(path, "r") as old:
                     for name in KEPT_GROUPS:
-                        if name in old:
+                        if name in old and name not in f:
                             old.copy(old[name], f, name=name)
         _commit(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@dataclass
+class Probes:
+    """Behavioural measurements per checkpoint, keyed by step: the file's `probes` group.
+
+    values[step][name] is a number (a curve the plot draws) or an array (per-head scores, kept in the
+    subgroup probes/heads/). info[name] = (label, description).
+    """
+
+    info: dict[str, tuple[str, str]]
+    values: dict[int, dict[str, Any]]
+
+    def write(self, g: h5py.Group) -> None:
+        g.attrs["description"] = "behavioural probes per checkpoint (slt-probe walk --probes), keyed by step"
+        steps = sorted(self.values)
+        g.create_dataset("step", data=np.array(steps, dtype=np.int64)).attrs["description"] = "checkpoint step"
+        heads = None
+        for name, (label, description) in self.info.items():
+            column = [self.values[s].get(name) for s in steps]
+            shape = next((np.shape(v) for v in column if v is not None), ())
+            data = np.stack([np.full(shape, np.nan) if v is None else np.asarray(v, dtype=np.float64)
+                             for v in column]) if steps else np.zeros((0, *shape))
+            if shape:
+                heads = heads or g.create_group("heads")
+                ds = heads.create_dataset(name, data=data)
+            else:
+                ds = g.create_dataset(name, data=data.reshape(len(steps)))
+            ds.attrs["label"], ds.attrs["description"] = label, description
+
+    @staticmethod
+    def read(path: Path) -> Optional["Probes"]:
+        with h5py.File(path, "r") as f:
+            if "probes" not in f or "step" not in f["probes"]:
+                return None
+            g = f["probes"]
+            steps = [int(s) for s in g["step"][...]]
+            columns = {name: ds for name, ds in g.items() if isinstance(ds, h5py.Dataset) and name != "step"}
+            if "heads" in g:
+                columns.update(dict(g["heads"].items()))
+            info = {name: (str(_decode_attr(ds.attrs.get("label", name))), str(_decode_attr(ds.attrs.get("description", ""))))
+                    for name, ds in columns.items()}
+            arrays = {name: ds[...] for name, ds in columns.items()}
+        values = {s: {name: (a[i].item() if a.ndim == 1 else a[i]) for name, a in arrays.items()}
+                  for i, s in enumerate(steps)}
+        return Probes(info, values)
 
 
 def write_group(path: Path, name: str, fill: Callable[[h5py.Group], None]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -41,6 +41,23 @@ class WalkSummary:
 
 
 Event = Callable[..., None]  # on_event(kind, **info); kinds: "start", "skip", "steps", "done"
+
+
+class Probe(Protocol):
+    """A behavioural measurement: probe(model) -> {name: number or array}; info[name] = (label, description)."""
+
+    info: dict[str, tuple[str, str]]
+
+    def __call__(self, model: nn.Module) -> dict[str, Any]: ...
+
+
+def _measure(probe: Probe, model: nn.Module) -> dict[str, Any]:
+    """The probe's values, or NaN where it fails: a broken probe must not cost the λ̂ estimate."""
+    try:
+        with torch.no_grad():
+            return probe(model)
+    except Exception:  # noqa: BLE001 - any failure of user or model code; the estimate goes on
+        return {name: float("nan") for name in probe.info}
 
 
 def _row(ckpt: Checkpoint, root: Path, sha: str, config: SGLDConfig) -> dict[str, Any]:
@@ -106,6 +123,7 @@ def walk(
     meta: Optional[dict[str, Any]] = None,
     overwrite: bool = False,
     on_event: Optional[Event] = None,
+    probes: Optional[Probe] = None,
 ) -> WalkSummary:
     """Estimate λ̂ at every checkpoint (in step order) and write them to `out`.
 
@@ -113,6 +131,7 @@ def walk(
     model: built by the factory; its weights are replaced by each checkpoint's in turn.
     root: the checkpoint folder (paths in the file are relative to it).
     meta: run description stored in the root attributes (command line, model spec, data spec, ...).
+    probes: behavioural measurements at each checkpoint (probes.py), stored in the file's `probes` group.
     Raises InputError before any work when `out` holds a different walk (and overwrite is False).
     """
     if isinstance(checkpoints, (str, Path)):  # a folder: every checkpoint in it
@@ -126,6 +145,7 @@ def walk(
 
     attrs = run_attrs(config, device, engine, model, data, meta)
     rows: dict[int, dict[str, Any]] = {}
+    probe_values: dict[int, dict[str, Any]] = {}
     method = None
     if out.exists() and not overwrite:
         try:
@@ -137,6 +157,8 @@ def walk(
         attrs["created"] = old_attrs.get("created", attrs["created"])
         method = old_attrs.get("method")
         rows = {r["step"]: r for r in old_rows}
+        old_probes = store.Probes.read(out) if probes is not None else None
+        probe_values = old_probes.values if old_probes else {}
     store.remove_stale_temporaries(out)
 
     if engine == "devinterp":
@@ -160,6 +182,11 @@ def walk(
             error = None
         old = rows.get(ckpt.step)
         if error is None and old is not None and old["status"] == "ok" and old["sha256"] == sha:
+            if probes is not None and ckpt.step not in probe_values:  # done before without probes: add them
+                load_into(model, load_state_dict(ckpt, device), source=str(ckpt.path))
+                probe_values[ckpt.step] = _measure(probes, model)
+                store.write(out, attrs, list(rows.values()), config.chains, config.draws, config.burnin,
+                            probes=store.Probes(probes.info, probe_values))
             summary.skipped += 1
             emit("skip", index=i, checkpoint=ckpt, row=old)
             continue
@@ -169,6 +196,8 @@ def walk(
         if error is None:
             try:
                 load_into(model, load_state_dict(ckpt, device), source=str(ckpt.path))
+                if probes is not None:
+                    probe_values[ckpt.step] = _measure(probes, model)
                 result = estimate_llc(model, data, loss_fn=loss_fn, config=run_config, engine=engine,
                                       progress=lambda done, total: emit("steps", done=done, total=total))
                 fill_row(row, result)
@@ -184,7 +213,8 @@ def walk(
         row["seconds"] = time.perf_counter() - start
         row["finished"] = store.utc_now()
         rows[ckpt.step] = row
-        store.write(out, attrs, list(rows.values()), config.chains, config.draws, config.burnin)
+        store.write(out, attrs, list(rows.values()), config.chains, config.draws, config.burnin,
+                    probes=store.Probes(probes.info, probe_values) if probes is not None else None)
         emit("done", index=i, checkpoint=ckpt, row=row)
     return summary
 

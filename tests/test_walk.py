@@ -369,3 +369,31 @@ def test_a_non_language_model_walks_with_its_own_loss(tmp_path):
                             capture_output=True, text=True)
     assert script.returncode == 0, script.stderr
     assert "largest change in λ̂: step 1 → 2" in script.stdout
+
+
+class CountingProbe:
+    """A stand-in behavioural probe: the mean embedding weight, and a per-head array."""
+
+    info = {"embed_mean": ("mean embedding weight", "test probe"), "per_head": ("per head", "[layers, heads]")}
+
+    def __call__(self, model):
+        return {"embed_mean": float(model.embed.weight.mean()), "per_head": np.ones((2, 2)) * float(model.embed.weight.std())}
+
+
+def test_probes_are_stored_by_step_and_survive_a_resume(run):
+    model = load_model_file("attn_only").attn_only(**MODEL_KW)
+    data = torch.from_numpy(np.load(run / "data.npy"))
+    cfg = slt_probe.SGLDConfig(chains=2, draws=10, burnin=2, batch_size=16, nbeta=30.0, method="loop")
+    ckpts = slt_probe.checkpoints.discover(run / "ckpts")[0]
+    slt_probe.walk(ckpts[:2], run / "p.h5", model=model, data=data, config=cfg)  # no probes yet
+    summary = slt_probe.walk(ckpts, run / "p.h5", model=model, data=data, config=cfg, probes=CountingProbe())
+    assert (summary.computed, summary.skipped) == (2, 2)
+    probes = store.Probes.read(run / "p.h5")
+    assert sorted(probes.values) == STEPS  # the two done before got their probes without a new estimate
+    for step in STEPS:
+        sd = torch.load(run / "ckpts" / f"step_{step}.pt", weights_only=True)
+        assert probes.values[step]["embed_mean"] == pytest.approx(float(sd["embed.weight"].mean()))
+        assert probes.values[step]["per_head"].shape == (2, 2)
+    with h5py.File(run / "p.h5", "r") as f:
+        assert f["probes/embed_mean"].attrs["label"] == "mean embedding weight"
+        assert f["probes/heads/per_head"].shape == (4, 2, 2)
