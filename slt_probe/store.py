@@ -137,7 +137,7 @@ def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains:
                     for name in KEPT_GROUPS:
                         if name in old and name not in f:
                             old.copy(old[name], f, name=name)
-        _commit(tmp, path)
+        commit(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -200,13 +200,13 @@ def write_group(path: Path, name: str, fill: Callable[[h5py.Group], None]) -> No
                 del f[name]
             fill(f.create_group(name))
             f.attrs["updated"] = utc_now()
-        _commit(tmp, path)
+        commit(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _commit(tmp: Path, path: Path) -> None:
+def commit(tmp: Path, path: Path) -> None:
     """Make tmp the file at path: durable first, then renamed over it in one step."""
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())  # the rename must not become visible before the data
@@ -444,7 +444,7 @@ def write_calibration(path: Path, cal, attrs: Optional[dict[str, Any]] = None) -
             traces = np.stack([np.stack([r.loss_trace for r in row]) for row in cal.results]).astype(np.float32)
             put("loss_trace", traces.reshape(G, P, -1, draws), "minibatch loss of every kept draw "
                 "[point, checkpoint, chain, draw]", chunks=(1, 1, traces.shape[2], draws), compression="gzip")
-        _commit(tmp, path)
+        commit(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -26,7 +26,7 @@ from slt_probe.llc import LLCResult, estimate_llc
 from slt_probe.sampler import SGLDConfig, resolve_device
 
 # Fields of SGLDConfig that may differ between a run and its resume: they change where and how fast it runs,
-# not what it computes. (method is resolved once per walk and stored; see _sampling_method.)
+# not what it computes. (method is resolved once per walk and stored; see sampling_method.)
 _RESUME_FREE = {"device", "method"}
 
 
@@ -100,7 +100,7 @@ def run_attrs(config: SGLDConfig, device, engine: str, model: nn.Module, data: D
     return attrs
 
 
-def _sampling_method(model: nn.Module, data: Data, loss_fn: Optional[LossFn], config: SGLDConfig) -> str:
+def sampling_method(model: nn.Module, data: Data, loss_fn: Optional[LossFn], config: SGLDConfig) -> str:
     """Resolve method="auto" once for the whole walk, by timing both paths on a few steps.
 
     Per checkpoint, "auto" would time again and could pick differently on a noisy machine; the two paths
@@ -153,7 +153,7 @@ def walk(
         except (OSError, ValueError) as e:
             raise InputError(f"{out}: exists and is not a readable slt-probe results file ({e}); "
                              f"pass --overwrite or choose another --out") from None
-        _check_same_walk(out, old_attrs, attrs)
+        check_same_run(out, old_attrs, attrs)
         attrs["created"] = old_attrs.get("created", attrs["created"])
         method = old_attrs.get("method")
         rows = {r["step"]: r for r in old_rows}
@@ -166,7 +166,7 @@ def walk(
     elif config.method != "auto":
         method = config.method
     elif method is None:
-        method = _sampling_method(model, data, loss_fn, config)
+        method = sampling_method(model, data, loss_fn, config)
     attrs["method"] = method
     run_config = replace(config, method=method) if engine == "slt" else config
 
@@ -204,7 +204,7 @@ def walk(
             except CheckpointError as e:
                 error = str(e)
             except (ValueError, RuntimeError, TypeError, IndexError) as e:  # the forward pass failed on these weights
-                error = f"{ckpt.path}: {type(e).__name__}: {_first_line(e)}"
+                error = f"{ckpt.path}: {type(e).__name__}: {first_line(e)}"
         if error is not None:
             row.update(status="failed", message=error, verdict="fail")
             summary.failed.append({"step": ckpt.step, "path": str(ckpt.path), "message": error})
@@ -219,14 +219,14 @@ def walk(
     return summary
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else ""
 
 
-def _check_same_walk(out: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """Resume only the same computation: same config, engine, model and data."""
-    hint = "write elsewhere with --out, or pass --overwrite to start again"
+def check_same_run(out: Path, old: dict[str, Any], new: dict[str, Any],
+                   hint: str = "write elsewhere with --out, or pass --overwrite to start again") -> None:
+    """Resume only the same computation: same config, engine, model and data (InputError otherwise)."""
     old_cfg = {k: v for k, v in (old.get("config_resolved") or {}).items() if k not in _RESUME_FREE}
     new_cfg = {k: v for k, v in new["config_resolved"].items() if k not in _RESUME_FREE}
     diff = store.describe_difference(old_cfg, new_cfg)
