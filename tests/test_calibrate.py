@@ -6,9 +6,8 @@ from dataclasses import replace
 import h5py
 import numpy as np
 import pytest
-import torch
 from modelfiles import MODELS_DIR
-from test_walk import MODEL_KW, SGLD, train_checkpoints
+from test_walk import MODEL_KW, train_checkpoints
 from typer.testing import CliRunner
 
 import slt_probe
@@ -17,13 +16,6 @@ from slt_probe.reference import dln_reference, mse
 
 TINY, HUGE = 1e-9, 1e-4
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 threads stall on a busy 2-core machine; the sweep is small
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

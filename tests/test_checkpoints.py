@@ -30,13 +30,6 @@ from slt_probe.checkpoints import (
 from slt_probe.errors import CheckpointError, InputError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: threads only cost; restored so that later test files see the machine as it was
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(seed: int = 0) -> nn.Module:

@@ -146,15 +146,6 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from intra-op threads, and on a 2-core machine where the other core is
-    busy a second thread stalls every op: measured 5-30 s instead of ~1.5 s per estimate, 12 s instead of
-    0.03 s for the Jacobian ranks."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_configs_cover_the_stated_range():

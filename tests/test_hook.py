@@ -33,13 +33,6 @@ SGLD = slt_probe.SGLDConfig(chains=2, draws=12, burnin=2, batch_size=16, lr=1e-4
                             seed=3, method="loop")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP's waiting threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tokens(n=128) -> torch.Tensor:
