@@ -158,10 +158,16 @@ def walk(
     overwrite: bool = typer.Option(False, help="start again when --out holds a different walk"),
     find_transitions: bool = typer.Option(True, "--transitions/--no-transitions",
                                           help="detect developmental stages at the end (slt-probe transitions)"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (1 is often fastest for small models "
+                                                    "on a busy machine)"),
     quiet: bool = typer.Option(False, help="no progress bar or per-checkpoint lines"),
     debug: bool = typer.Option(False, help="show Python tracebacks"),
 ):
     """Estimate λ̂ at every checkpoint in CKPT_DIR, with the same settings, into one HDF5 file."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from slt_probe import checkpoints as ck
     from slt_probe.data import num_samples
     from slt_probe.errors import InputError
@@ -565,6 +571,78 @@ def calibrate(
     best = cal.points[cal.recommended]
     typer.echo(f"recommended: lr {best['lr']:g}, localization {best['localization']:g}, nbeta {best['nbeta']:.4g} "
                f"→ {toml} (slt-probe walk ... --config {toml})")
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train and demo
+
+
+@app.command()
+def train(
+    out_dir: str = typer.Argument("checkpoints/run", help="run folder: step_N.pt, model.json, data.npy, train_log.json"),
+    config: Optional[str] = typer.Option(None, help="TOML/JSON of TrainConfig fields ([corpus] table for the corpus)"),
+    steps: Optional[int] = typer.Option(None, help="training steps"),
+    seed: Optional[int] = typer.Option(None, help="seed of initialisation, data order and corpus mix"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+    debug: bool = typer.Option(False, help="show Python tracebacks"),
+):
+    """Train the demo's 2-layer attention-only transformer on CPython's standard library (byte level)."""
+    from dataclasses import replace
+
+    from slt_probe.errors import InputError
+    from slt_probe.inputs import read_kwargs
+    from slt_probe.train import TrainConfig, train_demo
+
+    try:
+        cfg = TrainConfig.from_dict(read_kwargs(config)) if config else TrainConfig()
+        cfg = replace(cfg, **{k: v for k, v in dict(steps=steps, seed=seed).items() if v is not None})
+    except (InputError, TypeError, ValueError) as e:
+        fail(f"{config or 'config'}: {e}", debug)
+    with sampling_progress(quiet) as bar:
+        task = bar.add_task("training", total=cfg.steps)
+        result = train_demo(cfg, out_dir, progress=lambda step, total, row: bar.update(task, completed=step))
+    last = result.log[-1] if result.log else {}
+    typer.echo(f"{len(result.checkpoints)} checkpoints in {out_dir} ({result.seconds:.0f} s); last log: {last}")
+
+
+@app.command()
+def demo(
+    out_dir: str = typer.Argument("checkpoints/demo", help="where the run, results.h5 and curves.png go"),
+    quick: bool = typer.Option(False, help="a small version of the same pipeline (about a minute)"),
+    quiet: bool = typer.Option(False, help="no progress bars"),
+):
+    """Train a small transformer, walk its checkpoints with probes, find its developmental stages, and plot."""
+    from slt_probe.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick() if quick else DemoConfig()
+    bar = walk_progress(quiet)
+    tasks = {}
+
+    def progress(phase, done, total):
+        bar.start()
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    try:
+        report = run_demo(out_dir, cfg, progress=progress)
+    finally:
+        bar.stop()
+    typer.echo(f"trained in {report.seconds['train']:.0f} s, walked {len(report.steps)} checkpoints in "
+               f"{report.seconds['walk']:.0f} s → {report.results}, {report.plot}")
+    for name, label in (("prev_token", "previous-token heads"), ("prefix_matching", "induction heads")):
+        at = report.onsets[name]
+        match = report.aligned[name]
+        typer.echo(f"{label}: onset at step {at if at is not None else '— (no onset)'}; "
+                   + (f"λ̂ flagged a boundary at step {match} (within ±1 checkpoint)" if match is not None
+                      else "no λ̂ boundary within ±1 checkpoint"))
+    for s in report.stages:
+        typer.echo(f"  stage {s['start_step']:>6} → {s['end_step']:<6} type {s['type']:<5}"
+                   f" Δλ̂ {s['dllc']:+.2f}  Δloss {s['dloss']:+.3f}{'  hidden' if s['hidden'] else ''}")
+    for b in report.boundaries:
+        typer.echo(f"  boundary at step {b['step']} ({b['kind']}, confidence {b['confidence']:.2f}"
+                   f"{', tentative' if b['tentative'] else ''}{', hidden' if b['hidden'] else ''})")
 
 
 if __name__ == "__main__":
