@@ -352,7 +352,8 @@ def write_transitions(path: Path, t) -> None:
                 if name in ("kind", "type"):
                     ds = group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
                 else:
-                    dtype = bool if name in ("tentative", "hidden") else np.int64 if "step" in name or "index" in name \
+                    dtype = bool if name in ("tentative", "hidden") else \
+                        np.int64 if name in ("step", "index", "start_step", "end_step", "start_index", "end_index") \
                         else np.float64
                     ds = group.create_dataset(name, data=np.array(values, dtype=dtype).reshape(len(items)))
                 ds.attrs["description"] = description

@@ -174,3 +174,12 @@ def test_the_plot_command_draws_the_stages(rise_then_hidden_fall, tmp_path):
         assert im.size[0] > 800 and im.size[1] > 500
     result = runner.invoke(app, ["plot", str(tmp_path / "missing.h5")])
     assert result.exit_code == 2 and "missing.h5" in result.output and "Traceback" not in result.output
+
+
+def test_the_stored_boundary_keeps_its_precise_location(rise_then_hidden_fall):
+    path, c = rise_then_hidden_fall
+    t = detect_transitions(c.step, c.per_chain.mean(1), loss=c.loss, llc_per_chain=c.per_chain, config=CFG)
+    store.write_transitions(path, t)
+    back = store.read_transitions(path)
+    assert back.boundaries[0].log_step == t.boundaries[0].log_step != int(t.boundaries[0].log_step)
+    assert back.stages == t.stages and back.config == t.config
