@@ -116,16 +116,23 @@ def test_windows_rejects_spans_that_do_not_fit():
 
 
 def test_checkpoint_grid():
-    cfg = TrainConfig(steps=3000, n_log=20, n_linear=10)
+    cfg = TrainConfig(steps=3000, n_log=20, n_linear=10, log_from=1)
     steps = checkpoint_steps(cfg)
     assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 3000
     assert {0, 300, 1500, 2700} <= set(steps) and 1 in steps
     assert len(steps) <= 20 + 11 + 1
     assert sum(s < 100 for s in steps) >= 8  # log spacing: dense early
+    # no log-spaced step within 10% of an evenly spaced one
+    assert all(min(abs(s - t) for t in range(0, 3001, 300)) > 0.1 * s or s % 300 == 0 for s in steps)
+    late = checkpoint_steps(TrainConfig(steps=3000, n_log=10, n_linear=0, log_from=50))
+    assert late[:2] == [0, 50] and late[-1] == 3000 and len(late) == 11
     assert checkpoint_steps(TrainConfig(steps=5, n_log=0, n_linear=0)) == [0, 5]
+    assert checkpoint_steps(TrainConfig(steps=20, n_log=4, n_linear=0, log_from=50)) == [0, 20]  # clamped
+    default = checkpoint_steps(TrainConfig())
+    assert 25 <= len(default) <= 35 and default[1] == 50  # the demo walks ~30 checkpoints, none in the first drop
 
 
-TINY = dict(threads=1, d_model=16, n_heads=2, steps=20, batch=8, warmup=5, eval_every=10, n_log=4, n_linear=2,
+TINY = dict(threads=1, log_from=1, d_model=16, n_heads=2, steps=20, batch=8, warmup=5, eval_every=10, n_log=4, n_linear=2,
             eval_windows=16, data_windows=40, probe_min_count=1)
 
 
