@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,18 +36,11 @@ import torch
 
 from slt_probe import SGLDConfig
 from slt_probe.data import lm_cross_entropy
+from bench_llc import load_attn_only  # benchmarks/ is on sys.path when a script there runs
 from slt_probe.hook import LLCHook, log_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = dict(vocab_size=256, n_ctx=128, d_model=64, n_heads=4, n_layers=2)
-
-
-def load_attn_only():
-    spec = importlib.util.spec_from_file_location("attn_only", ROOT / "models" / "attn_only.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["attn_only"] = module
-    spec.loader.exec_module(module)
-    return module.attn_only
 
 
 def tokens(n: int, ctx: int, vocab: int, seed: int) -> torch.Tensor:

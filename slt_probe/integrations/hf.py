@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slt_probe.hook import LLCHook
+from slt_probe.integrations import as_hook
 
 
 def _trainer_callback_base() -> type:
@@ -29,12 +29,7 @@ class LLCTrainerCallback(_trainer_callback_base()):
     """A transformers TrainerCallback around an LLCHook: pass the hook, or LLCHook's arguments."""
 
     def __init__(self, hook_or_data: Any, **hook_kwargs: Any):
-        if isinstance(hook_or_data, LLCHook):
-            if hook_kwargs:
-                raise TypeError(f"pass an LLCHook or LLCHook's arguments, not both (got {sorted(hook_kwargs)})")
-            self.hook = hook_or_data
-        else:
-            self.hook = LLCHook(hook_or_data, **hook_kwargs)
+        self.hook = as_hook(hook_or_data, **hook_kwargs)
 
     def _measure(self, state, model) -> None:
         if model is not None and state.is_world_process_zero:

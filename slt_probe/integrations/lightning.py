@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
-from slt_probe.hook import LLCHook
+from slt_probe.integrations import as_hook
 
 
 def _callback_base() -> type:
@@ -44,12 +44,7 @@ class LLCCallback(_callback_base()):
     """
 
     def __init__(self, hook_or_data: Any, *, model_getter: ModelGetter = None, **hook_kwargs: Any):
-        if isinstance(hook_or_data, LLCHook):
-            if hook_kwargs:
-                raise TypeError(f"pass an LLCHook or LLCHook's arguments, not both (got {sorted(hook_kwargs)})")
-            self.hook = hook_or_data
-        else:
-            self.hook = LLCHook(hook_or_data, **hook_kwargs)
+        self.hook = as_hook(hook_or_data, **hook_kwargs)
         self.model_getter = model_getter
 
     def model_of(self, pl_module) -> nn.Module:
