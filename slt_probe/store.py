@@ -248,8 +248,8 @@ def _decode_attr(value: Any) -> Any:
     return value
 
 
-def read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(attrs, rows) of a results file; raises ValueError when it is not one."""
+def read_arrays(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(attrs, every dataset along the checkpoint axis) of a results file; ValueError when it is not one."""
     with h5py.File(path, "r") as f:
         if _decode_attr(f.attrs.get("schema")) != SCHEMA:
             raise ValueError("not an slt-probe results file (no schema attribute)")
@@ -262,13 +262,18 @@ def read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             if name not in f:
                 raise ValueError(f"dataset {name!r} is missing")
             arrays[name] = f[name].asstr()[...] if kind == "str" else f[name][...]
-    k = len(arrays["step"])
-    rows = [{name: (arrays[name][i].item() if arrays[name].ndim == 1 and kind != "str" else arrays[name][i])
-             for name, kind, _ in COLUMNS} for i in range(k)]
-    for r in rows:
-        for name, kind, _ in COLUMNS:
-            if kind == "str":
-                r[name] = str(r[name])
+    return attrs, arrays
+
+
+def read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(attrs, rows) of a results file, rows as store.write takes them; ValueError when it is not one."""
+    attrs, arrays = read_arrays(path)
+
+    def cell(name: str, kind: str, i: int) -> Any:
+        v = arrays[name][i]
+        return str(v) if kind == "str" else v.item() if kind in ("int64", "float64") else v
+
+    rows = [{name: cell(name, kind, i) for name, kind, _ in COLUMNS} for i in range(len(arrays["step"]))]
     return attrs, rows
 
 
@@ -295,9 +300,7 @@ def load_results(path: str | Path) -> Results:
     import pandas as pd
 
     path = Path(path)
-    attrs, _ = read(path)  # validates the schema
-    with h5py.File(path, "r") as f:
-        arrays = {name: (f[name].asstr()[...] if kind == "str" else f[name][...]) for name, kind, _ in COLUMNS}
+    attrs, arrays = read_arrays(path)
     table = pd.DataFrame({name: arrays[name] for name, kind, _ in COLUMNS if kind not in ("chain", "trace", "burnin")})
     return Results(path=path, attrs=attrs, arrays=arrays, table=table, transitions=read_transitions(path))
 
