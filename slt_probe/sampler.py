@@ -267,7 +267,11 @@ def run_chains(
         offset = w - w0  # [C, D]
         mala_step = pair_index < len(pair_steps) and t - pair_steps[pair_index] in (0, 1)
         half_sq = 0.5 * offset.square().sum(1) if mala_step else None  # |w - w*|² / 2, for the MALA energy
-        drift = grad.mul_(nbeta).add_(offset.mul_(gamma))  # ∇U(w), U = nβ L_m + γ/2 |w - w*|²
+        # ∇U(w), U = nβ L_m + γ/2 |w - w*|²; fused ops with scalar hyperparameters (each pass over [C, D] counts)
+        if per_chain:
+            drift = grad.mul_(nbeta).addcmul_(offset, gamma)
+        else:
+            drift = grad.mul_(nbeta).add_(offset, alpha=gamma)
         torch.randn(noise.shape, generator=gen, device=device, dtype=w.dtype, out=noise)
 
         if pair_index < len(pair_steps):
@@ -286,7 +290,10 @@ def run_chains(
                 prev_drift.copy_(drift)
                 prev_noise.copy_(noise)
 
-        w.add_(drift.mul_(-0.5 * lr)).add_(noise.mul_(sqrt_lr))
+        if per_chain:
+            w.addcmul_(drift, lr, value=-0.5).addcmul_(noise, sqrt_lr)
+        else:
+            w.add_(drift, alpha=-lr / 2).add_(noise, alpha=sqrt_lr)
 
         # One host sync every 64 steps: stop early once every chain has diverged.
         if (t + 1) % 64 == 0 or t == T - 1:
