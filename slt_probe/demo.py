@@ -23,7 +23,7 @@ from slt_probe.checkpoints import discover
 from slt_probe.corpus import CorpusConfig
 from slt_probe.plot import plot_results
 from slt_probe.sampler import SGLDConfig
-from slt_probe.store import load_results, write_transitions
+from slt_probe.store import Probes, load_results, write_transitions
 from slt_probe.train import TrainConfig, build_model, train_demo
 from slt_probe.transitions import transitions_from_results
 from slt_probe.walker import walk
@@ -129,8 +129,6 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     seconds["transitions_and_plot"] = time.perf_counter() - start
 
     res = load_results(results)
-    from slt_probe.store import Probes
-
     pv = Probes.read(results).values
     steps = sorted(pv)
     onsets = {name: probing.onset(steps, [pv[s][name] for s in steps]) for name in ("prev_token", "prefix_matching")}

@@ -170,6 +170,10 @@ def walk(
     attrs["method"] = method
     run_config = replace(config, method=method) if engine == "slt" else config
 
+    def save() -> None:  # the whole file, atomically: rows so far and their probes
+        store.write(out, attrs, list(rows.values()), config.chains, config.draws, config.burnin,
+                    probes=store.Probes(probes.info, probe_values) if probes is not None else None)
+
     summary = WalkSummary(out=out, total=len(checkpoints), method=method)
     for i, ckpt in enumerate(checkpoints):
         start = time.perf_counter()
@@ -185,8 +189,7 @@ def walk(
             if probes is not None and ckpt.step not in probe_values:  # done before without probes: add them
                 load_into(model, load_state_dict(ckpt, device), source=str(ckpt.path))
                 probe_values[ckpt.step] = _measure(probes, model)
-                store.write(out, attrs, list(rows.values()), config.chains, config.draws, config.burnin,
-                            probes=store.Probes(probes.info, probe_values))
+                save()
             summary.skipped += 1
             emit("skip", index=i, checkpoint=ckpt, row=old)
             continue
@@ -213,8 +216,7 @@ def walk(
         row["seconds"] = time.perf_counter() - start
         row["finished"] = store.utc_now()
         rows[ckpt.step] = row
-        store.write(out, attrs, list(rows.values()), config.chains, config.draws, config.burnin,
-                    probes=store.Probes(probes.info, probe_values) if probes is not None else None)
+        save()
         emit("done", index=i, checkpoint=ckpt, row=row)
     return summary
 
