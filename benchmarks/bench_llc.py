@@ -2,6 +2,7 @@
 
     python benchmarks/bench_llc.py                 # CPU workloads (a) and (b)
     python benchmarks/bench_llc.py --device cuda   # workload (c): the same on a GPU
+    python benchmarks/bench_llc.py --only b --dln-batch 32   # (b) with another batch size
 
 (a) the 2-layer attention-only transformer (d_model 128, 4 heads, ctx 64, vocab 512; 270k params),
     4 chains x 100 draws, batch 32 -- per-step work dominates.
@@ -111,6 +112,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--only", choices=["a", "b"], default=None)
+    ap.add_argument("--dln-batch", type=int, default=100, help="batch size of workload (b)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -139,8 +141,8 @@ def main():
         x = torch.randn(10_000, widths[0], device=device)
         with torch.no_grad():
             data = (x, model(x))
-        cfg = SGLDConfig(lr=1e-5, localization=1.0, nbeta=100.0, chains=16, draws=500, burnin=0, batch_size=100,
-                         device=str(device))
+        cfg = SGLDConfig(lr=1e-5, localization=1.0, nbeta=100.0, chains=16, draws=500, burnin=0,
+                         batch_size=args.dln_batch, device=str(device))
         ways = {
             "bare loop": lambda: bare_loop(model, data, mse, cfg, device),
             "slt-probe (auto)": lambda: estimate_llc(model, data, loss_fn=mse, config=cfg),

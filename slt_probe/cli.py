@@ -238,6 +238,8 @@ def walk(
         else:
             if not quiet:
                 console.print(transitions_table(t))
+                if t.spurts:
+                    console.print(spurts_table(t))
                 for note in t.notes:
                     console.print(f"note: {note}", highlight=False, markup=False)
     if summary.failed:
@@ -389,10 +391,25 @@ def transitions_table(t):
     return table
 
 
+def spurts_table(t):
+    from rich.table import Table
+
+    table = Table(show_edge=False, title="spurts (where λ̂ changes fastest)", title_justify="left")
+    for col, right in (("step", True), ("type", False), ("dλ̂/dlog₁₀ t", True), ("window (steps)", False),
+                       ("Δλ̂ ± s.e.", True), ("Δloss", True), ("hidden", False), ("confidence", True)):
+        table.add_column(col, justify="right" if right else "left")
+    for sp in t.spurts:
+        table.add_row(str(sp.step), sp.type, f"{sp.rate:+.3g}", f"{sp.start_step} → {sp.end_step}",
+                      f"{sp.dllc:+.3g} ± {sp.dllc_se:.2g}", f"{sp.dloss:+.3g}", "hidden" if sp.hidden else "",
+                      f"{sp.confidence:.2f}" + (" (tentative)" if sp.tentative else ""))
+    return table
+
+
 def transitions_json(t) -> dict:
     from dataclasses import asdict
 
     return {"boundaries": [asdict(b) for b in t.boundaries], "stages": [asdict(s) for s in t.stages],
+            "spurts": [asdict(sp) for sp in t.spurts],
             "params": asdict(t.config), "smoothing": t.smoothing, "notes": t.notes}
 
 
@@ -402,6 +419,8 @@ def transitions(
     k_se: Optional[float] = typer.Option(None, help="a stage's |Δλ̂| must exceed this many s.e. [3]"),
     hidden_loss_frac: Optional[float] = typer.Option(None, help="hidden: |Δloss| below this fraction of the run's loss drop [0.05]"),
     plateau_tol: Optional[float] = typer.Option(None, help="plateau: |dλ̂/dlog t| below this fraction of the neighbouring slopes [0.2]"),
+    spurt_drop: Optional[float] = typer.Option(None, help="spurt: |dλ̂/dlog t| falls below this fraction of its peak on both sides [0.5]"),
+    spurt_k_se: Optional[float] = typer.Option(None, help="spurt: its peak stands this many s.e. above its base [4]"),
     resamples: Optional[int] = typer.Option(None, help="bootstrap resamples for the confidence [200]"),
     min_confidence: Optional[float] = typer.Option(None, help="boundaries reproduced less often are tentative [0.8]"),
     seed: Optional[int] = typer.Option(None, help="seed of the bootstrap [0]"),
@@ -414,6 +433,7 @@ def transitions(
 
     try:
         cfg = transition_config(k_se=k_se, hidden_loss_frac=hidden_loss_frac, plateau_tol=plateau_tol,
+                                spurt_drop=spurt_drop, spurt_k_se=spurt_k_se,
                                 resamples=resamples, min_confidence=min_confidence, seed=seed)
         t = transitions_from_results(results, cfg)
         write_transitions(results, t)
@@ -423,6 +443,8 @@ def transitions(
         typer.echo(json.dumps(transitions_json(t)))
         return
     stdout_console().print(transitions_table(t))
+    if t.spurts:
+        stdout_console().print(spurts_table(t))
     for note in t.notes:
         typer.echo(f"note: {note}")
 
@@ -632,17 +654,24 @@ def demo(
     typer.echo(f"trained in {report.seconds['train']:.0f} s, walked {len(report.steps)} checkpoints in "
                f"{report.seconds['walk']:.0f} s → {report.results}, {report.plot}")
     for name, label in (("prev_token", "previous-token heads"), ("prefix_matching", "induction heads")):
-        at = report.onsets[name]
-        match = report.aligned[name]
-        typer.echo(f"{label}: onset at step {at if at is not None else '— (no onset)'}; "
-                   + (f"λ̂ flagged a boundary at step {match} (within ±1 checkpoint)" if match is not None
-                      else "no λ̂ boundary within ±1 checkpoint"))
+        at, match = report.onsets[name], report.aligned[name]
+        what = "no λ̂ transition within ±1 checkpoint"
+        if match is not None:
+            kind = f"type {match['type']}" if match["what"] == "spurt" else match["kind"]
+            what = (f"λ̂ flagged a {match['what']} ({kind}) at step {match['step']}, confidence {match['confidence']:.2f}"
+                    f"{' (tentative)' if match['tentative'] else ''}: within ±1 checkpoint")
+        typer.echo(f"{label}: onset at step {at if at is not None else '— (no onset)'} "
+                   f"(half-way from the start: {report.onsets_halfway[name]}); {what}")
     for s in report.stages:
         typer.echo(f"  stage {s['start_step']:>6} → {s['end_step']:<6} type {s['type']:<5}"
                    f" Δλ̂ {s['dllc']:+.2f}  Δloss {s['dloss']:+.3f}{'  hidden' if s['hidden'] else ''}")
     for b in report.boundaries:
         typer.echo(f"  boundary at step {b['step']} ({b['kind']}, confidence {b['confidence']:.2f}"
                    f"{', tentative' if b['tentative'] else ''}{', hidden' if b['hidden'] else ''})")
+    for sp in report.spurts:
+        typer.echo(f"  spurt at step {sp['step']} (type {sp['type']}, Δλ̂ {sp['dllc']:+.2f} over {sp['start_step']} → "
+                   f"{sp['end_step']}, Δloss {sp['dloss']:+.3f}, confidence {sp['confidence']:.2f}"
+                   f"{', tentative' if sp['tentative'] else ''}{', hidden' if sp['hidden'] else ''})")
 
 
 if __name__ == "__main__":

@@ -79,9 +79,12 @@ class DemoReport:
     results: Path
     plot: Path
     onsets: dict[str, Optional[int]]  # probe -> step where the best head's score rose through half its final value
+    onsets_halfway: dict[str, Optional[int]]  # probe -> ... through half-way from its initial to its final value
     boundaries: list[dict]  # {step, kind, confidence, tentative, hidden}
+    spurts: list[dict]  # {step, rate, start_step, end_step, dllc, dloss, type, hidden, confidence, tentative}
     stages: list[dict]  # {start_step, end_step, type, hidden, dllc, dloss}
-    aligned: dict[str, Optional[int]]  # probe -> the boundary step within ±1 checkpoint of its onset, or None
+    # probe -> the λ̂ transition (boundary or spurt) within ±1 checkpoint of its onset, or None; confident ones first
+    aligned: dict[str, Optional[dict]]
     seconds: dict[str, float]
     steps: list[int]
 
@@ -131,15 +134,22 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     res = load_results(results)
     pv = Probes.read(results).values
     steps = sorted(pv)
-    onsets = {name: probing.onset(steps, [pv[s][name] for s in steps]) for name in ("prev_token", "prefix_matching")}
+    names = ("prev_token", "prefix_matching")
+    onsets = {name: probing.onset(steps, [pv[s][name] for s in steps]) for name in names}
+    halfway = {name: probing.onset(steps, [pv[s][name] for s in steps], from_baseline=True) for name in names}
+    fields = ("step", "kind", "confidence", "tentative", "hidden")
+    boundaries = [{k: getattr(b, k) for k in fields} for b in t.boundaries]
+    fields = ("step", "rate", "start_step", "end_step", "dllc", "dloss", "type", "hidden", "confidence", "tentative")
+    spurts = [{k: getattr(sp, k) for k in fields} for sp in t.spurts]
+    flagged = [{"what": "boundary", **b} for b in boundaries] + [{"what": "spurt", **sp} for sp in spurts]
     index = {s: i for i, s in enumerate(res.table.step.tolist())}
     aligned = {}
     for name, at in onsets.items():
-        near = [b.step for b in t.boundaries if at is not None and abs(index[b.step] - index[at]) <= 1]
+        near = [f for f in flagged if at is not None and abs(index[f["step"]] - index[at]) <= 1]
+        near.sort(key=lambda f: (f["tentative"], abs(index[f["step"]] - index[at]), -f["confidence"]))
         aligned[name] = near[0] if near else None
-    out = DemoReport(out_dir=out_dir, results=results, plot=png, onsets=onsets,
-                     boundaries=[{"step": b.step, "kind": b.kind, "confidence": b.confidence,
-                                  "tentative": b.tentative, "hidden": b.hidden} for b in t.boundaries],
+    out = DemoReport(out_dir=out_dir, results=results, plot=png, onsets=onsets, onsets_halfway=halfway,
+                     boundaries=boundaries, spurts=spurts,
                      stages=[{"start_step": s.start_step, "end_step": s.end_step, "type": s.type, "hidden": s.hidden,
                               "dllc": s.dllc, "dloss": s.dloss} for s in t.stages],
                      aligned=aligned, seconds=seconds, steps=steps)

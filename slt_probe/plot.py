@@ -81,7 +81,7 @@ def _read_extras(path: Path, step: np.ndarray) -> tuple[Optional[dict], list[tup
         t = f.get("transitions")
         if isinstance(t, h5py.Group):
             transitions = {part: _read_columns(t[part]) if isinstance(t.get(part), h5py.Group) else {}
-                           for part in ("boundaries", "stages", "smooth")}
+                           for part in ("boundaries", "stages", "smooth", "spurts")}
             transitions["smoothing"] = _decode(t.attrs.get("smoothing", "{}"))
         p = f.get("probes")
         if isinstance(p, h5py.Group):
@@ -287,6 +287,24 @@ def _draw_stages(axes, label_ax, transitions, x_of_step) -> tuple[list, list, Op
     return handles, labels, tags
 
 
+def _draw_spurts(ax, spurts: dict, smooth_x, smooth_y) -> list:
+    """A triangle on the smoothed λ̂ where it changes fastest (▲ rising, ▼ falling; hollow: tentative)."""
+    from matplotlib.lines import Line2D
+
+    if not len(spurts.get("log_step", [])):
+        return []
+    handles = []
+    for log_step, rate, tentative in zip(spurts["log_step"], spurts["rate"], spurts["tentative"]):
+        xs = 10.0 ** float(log_step)
+        y = float(np.interp(float(log_step), np.log10(smooth_x), smooth_y))
+        marker = "^" if rate > 0 else "v"
+        ax.plot([xs], [y], marker=marker, ms=9, mec=SMOOTH, mew=1.4, mfc="white" if tentative else SMOOTH,
+                ls="none", zorder=5)
+    handles.append((Line2D([], [], marker="^", ms=8, mec=SMOOTH, mfc=SMOOTH, ls="none"),
+                    "spurt: λ̂ changes fastest (hollow: tentative)"))
+    return handles
+
+
 def _set_tags(top, boundaries) -> None:
     """Ticks of the top axis at the boundaries, labelled with their confidence."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -477,6 +495,8 @@ def plot_results(path: str | Path, out: str | Path, *, title: str | None = None,
     if transitions is not None:
         stage_handles, labels, tags = _draw_stages(list(ax.values()), ax["llc"], transitions, x_of_step)
         handles += stage_handles
+        if smooth_x is not None:
+            handles += _draw_spurts(ax["llc"], transitions.get("spurts") or {}, smooth_x, smooth_y)
 
     if has_zero:
         for a in ax.values():

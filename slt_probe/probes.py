@@ -182,12 +182,14 @@ def probe_checkpoints(model: nn.Module, ckpt_dir: Union[Path, str], **probe_kw) 
     return out
 
 
-def onset(steps: Sequence[int], scores: Sequence[float], *, n_final: int = 3, min_rise: float = 0.1) -> Optional[int]:
-    """The first step at which a score reaches half-way from its initial value to its final value.
+def onset(steps: Sequence[int], scores: Sequence[float], *, n_final: int = 3, min_rise: float = 0.1,
+          from_baseline: bool = False) -> Optional[int]:
+    """The first step at which a score rises through half its final value (the definition of the demo's issue).
 
-    final: the mean of the last n_final checkpoints (one checkpoint is noisy); initial: the first checkpoint's.
-    With scores that start near 0, as prefix matching does, this is "rises through half its final value"; the
-    previous-token score starts at the uniform-attention level (~ log(T)/T), which the half-way point allows for.
+    final: the mean of the last n_final checkpoints (one checkpoint is noisy). A score that starts at or above
+    half its final value cannot rise through it; there, and with from_baseline=True, the threshold is half-way
+    from the initial value (the first checkpoint's) to the final one. The previous-token score starts at the
+    uniform-attention level (~ log(T)/T), so the two definitions differ for it: the demo reports both.
     None when the score does not rise by at least min_rise (absolute) from start to finish.
     """
     order = np.argsort(np.asarray(steps), kind="stable")
@@ -200,5 +202,8 @@ def onset(steps: Sequence[int], scores: Sequence[float], *, n_final: int = 3, mi
     first, final = y[0], y[-min(n_final, len(y)):].mean()
     if not final - first >= min_rise:
         return None
-    above = np.nonzero(y >= first + 0.5 * (final - first))[0]
+    half = 0.5 * final
+    if from_baseline or first >= half:
+        half = first + 0.5 * (final - first)
+    above = np.nonzero(y >= half)[0]
     return int(s[above[0]])

@@ -337,6 +337,23 @@ STAGE_FIELDS = {
     "hidden": "significant Δλ̂ (>= k_se s.e.) with |Δloss| < hidden_loss_frac × the run's loss drop",
 }
 
+SPURT_FIELDS = {
+    "step": "checkpoint step nearest the steepest point of the smoothed λ̂",
+    "index": "that checkpoint's row in the per-checkpoint datasets",
+    "log_step": "precise location of the steepest point, log10(step)",
+    "rate": "dλ̂ / dlog10(step) at the steepest point",
+    "start_step": "first checkpoint step of the window where |dλ̂/dlog t| >= spurt_drop × its peak",
+    "end_step": "last checkpoint step of that window",
+    "dllc": "change of the smoothed λ̂ across the window",
+    "dllc_se": "standard error of dllc, from the s.e. at both ends",
+    "dloss": "change of the loss (init_loss) across the window",
+    "type": "A (λ̂ rises, loss falls) | B (λ̂ falls, loss flat or falling slightly) | other",
+    "hidden": "significant Δλ̂ (>= k_se s.e.) with |Δloss| < hidden_loss_frac × the run's loss drop",
+    "confidence": "fraction of chain-bootstrap resamples with a spurt of the same sign within ±1 checkpoint",
+    "tentative": "confidence below the detection's min_confidence",
+}
+_INT_FIELDS = ("step", "index", "start_step", "end_step", "start_index", "end_index")
+
 
 def write_transitions(path: Path, t) -> None:
     """Store a Transitions (slt_probe.transitions) as the file's `transitions` group, replacing any earlier one."""
@@ -348,16 +365,15 @@ def write_transitions(path: Path, t) -> None:
         g.attrs["smoothing"] = json.dumps(t.smoothing)
         g.attrs["notes"] = json.dumps(t.notes)
         g.attrs["created"] = utc_now()
-        for sub, items, fields in (("boundaries", t.boundaries, BOUNDARY_FIELDS), ("stages", t.stages, STAGE_FIELDS)):
+        for sub, items, fields in (("boundaries", t.boundaries, BOUNDARY_FIELDS), ("stages", t.stages, STAGE_FIELDS),
+                                   ("spurts", t.spurts, SPURT_FIELDS)):
             group = g.create_group(sub)
             for name, description in fields.items():
                 values = [getattr(item, name) for item in items]
                 if name in ("kind", "type"):
                     ds = group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
                 else:
-                    dtype = bool if name in ("tentative", "hidden") else \
-                        np.int64 if name in ("step", "index", "start_step", "end_step", "start_index", "end_index") \
-                        else np.float64
+                    dtype = bool if name in ("tentative", "hidden") else np.int64 if name in _INT_FIELDS else np.float64
                     ds = group.create_dataset(name, data=np.array(values, dtype=dtype).reshape(len(items)))
                 ds.attrs["description"] = description
         smooth = g.create_group("smooth")
@@ -371,7 +387,7 @@ def write_transitions(path: Path, t) -> None:
 
 def read_transitions(path: Path):
     """The file's Transitions, or None when detection has not run on it."""
-    from slt_probe.transitions import Boundary, Stage, TransitionConfig, Transitions
+    from slt_probe.transitions import Boundary, Spurt, Stage, TransitionConfig, Transitions
 
     def items(g: h5py.Group, cls, fields) -> list:
         cols = {name: (g[name].asstr()[...] if name in ("kind", "type") else g[name][...]) for name in fields}
@@ -390,6 +406,7 @@ def read_transitions(path: Path):
                 smoothing=json.loads(g.attrs["smoothing"]),
                 log_step=g["smooth/log_step"][...], llc_smooth=g["smooth/llc"][...], dllc_smooth=g["smooth/dllc"][...],
                 notes=json.loads(g.attrs.get("notes", "[]")),
+                spurts=items(g["spurts"], Spurt, SPURT_FIELDS) if "spurts" in g else [],  # files from before spurts
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"the transitions group is incomplete or foreign ({e}); run slt-probe transitions again") \

@@ -14,9 +14,16 @@ condition sum(((y - f) / se)^2) <= s set to s = n, the expected chi-square of th
 weights are the inverse standard deviations (FITPACK's documented choice, Dierckx 1993); so the noise
 level, not a tuned constant, decides how smooth. The choice is checked at both ends of FITPACK's range
 s = n ± sqrt(2n) and the result reports whether the boundaries move.
+Spurts: inside a stage, λ̂ often changes in a burst: the previous-token and induction heads form where λ̂ rises
+fastest, halfway up the stage's rise, not at its ends. A spurt is a peak of |dλ̂/dlog t| that stands out (the
+slope falls below spurt_drop of its peak on both sides before any steeper point) and whose change across that
+window is significant (>= k_se s.e.), as is the peak's height above its base (>= spurt_k_se s.e.): the λ̂
+counterpart of a behavioural score rising through half its final value. Spurts are typed like stages, over
+their window.
 Confidence: the detection is repeated on bootstrap resamples of the chains at every checkpoint (or of
-N(mean, s.e.) when only means and standard errors are at hand); a boundary's confidence is the fraction
-of resamples with a boundary within ±1 checkpoint of it. Below min_confidence it is reported tentative.
+N(mean, s.e.) when only means and standard errors are at hand); a boundary's (spurt's) confidence is the
+fraction of resamples with a boundary (a spurt of the same sign) within ±1 checkpoint of it. Below
+min_confidence it is reported tentative.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from typing import Optional
 
 import numpy as np
 from scipy.interpolate import make_smoothing_spline
-from scipy.optimize import brentq
 from scipy.ndimage import uniform_filter1d
+from scipy.optimize import brentq
+from scipy.signal import find_peaks
 
 
 @dataclass
@@ -37,14 +45,21 @@ class TransitionConfig:
     k_se: float = 3.0  # a stage's |Δλ̂| must exceed k_se standard errors, or it merges into a neighbour
     hidden_loss_frac: float = 0.05  # |Δloss| below this fraction of the run's loss drop: the loss hides it
     plateau_tol: float = 0.2  # |dλ̂/dlog t| below this fraction of the neighbouring peaks' slopes is a plateau
+    spurt_drop: float = 0.5  # a spurt's |dλ̂/dlog t| falls below this fraction of its peak on both sides
+    # a spurt's peak must stand this many s.e. above its base. Higher than k_se: the peak is the largest of many
+    # wiggles of the smoothed slope (look-elsewhere). On spurt-free controls (tests/test_transitions.py) the
+    # largest wiggle reached 3 s.e. in 3-17% of curves, 4 s.e. in at most 4%.
+    spurt_k_se: float = 4.0
     resamples: int = 200  # bootstrap resamples for the confidence
     min_confidence: float = 0.8  # boundaries reproduced less often are reported tentative
     seed: int = 0
     grid: int = 2000  # points of the dense log-step grid the derivative is examined on
 
     def __post_init__(self):
-        if not (self.k_se > 0 and 0 <= self.hidden_loss_frac and 0 < self.plateau_tol < 1):
-            raise ValueError("need k_se > 0, hidden_loss_frac >= 0 and 0 < plateau_tol < 1")
+        if not (self.k_se > 0 and self.spurt_k_se > 0 and 0 <= self.hidden_loss_frac):
+            raise ValueError("need k_se > 0, spurt_k_se > 0 and hidden_loss_frac >= 0")
+        if not (0 < self.plateau_tol < 1 and 0 < self.spurt_drop < 1):
+            raise ValueError("need 0 < plateau_tol < 1 and 0 < spurt_drop < 1")
         if not (0 <= self.min_confidence <= 1 and self.resamples >= 0 and self.grid >= 100):
             raise ValueError("need 0 <= min_confidence <= 1, resamples >= 0, grid >= 100")
 
@@ -74,6 +89,23 @@ class Stage:
 
 
 @dataclass
+class Spurt:
+    step: int  # the checkpoint step nearest the steepest point
+    index: int  # that checkpoint's row in the input arrays
+    log_step: float  # precise location of the steepest point, log10(step)
+    rate: float  # dλ̂ / dlog10(step) there
+    start_step: int  # the window where |dλ̂/dlog t| >= spurt_drop × its peak, as nearest checkpoint steps
+    end_step: int
+    dllc: float  # change of the smoothed λ̂ across the window
+    dllc_se: float  # its standard error, from the checkpoints' s.e. at both ends
+    dloss: float  # change of the loss across the window (NaN without a loss curve)
+    type: str  # A | B | other, as for stages
+    hidden: bool
+    confidence: float = float("nan")
+    tentative: bool = False
+
+
+@dataclass
 class Transitions:
     boundaries: list[Boundary]
     stages: list[Stage]
@@ -83,6 +115,7 @@ class Transitions:
     llc_smooth: np.ndarray  # [G] smoothed λ̂
     dllc_smooth: np.ndarray  # [G] dλ̂ / dlog10(step)
     notes: list[str] = field(default_factory=list)
+    spurts: list[Spurt] = field(default_factory=list)
 
     def table(self) -> list[dict]:
         """One row per stage, with the boundary that ends it (what `slt-probe transitions` prints)."""
@@ -241,6 +274,62 @@ def _detect(x, y, se, cfg: TransitionConfig, lam: float):
     return [(i, g, kinds[g]) for i, g in bounds], spline, grid, d, y_at
 
 
+def slope_basis(x: np.ndarray, se: np.ndarray, lam: float, grid: np.ndarray) -> np.ndarray:
+    """[G, K]: column k is the smoothed slope on the grid of a unit impulse at checkpoint k.
+
+    The smoothing spline is linear in the data at a fixed lam, so the slope is basis @ y and its covariance
+    basis diag(se²) basisᵀ: how sure a peak of the slope is, in standard errors.
+    """
+    eye = np.eye(len(x))
+    return np.stack([smooth(x, eye[k], se, lam).derivative()(grid) for k in range(len(x))], axis=1)
+
+
+def _spurts(x, grid, d, spline, se, basis, cfg: TransitionConfig):
+    """Spurts [(checkpoint index, grid index, window start grid index, window end grid index)] of one fit.
+
+    A peak of |dλ̂/dlog t| whose prominence is at least (1 - spurt_drop) of its height falls below spurt_drop of
+    its height on both sides before any steeper point: its window (|slope| >= spurt_drop × peak) lies inside
+    the run and holds no steeper point. Two tests of significance: the change of λ̂ across the window (>= k_se
+    s.e.: a real change), and the peak's prominence over the higher of its two bases (>= spurt_k_se s.e.: a
+    real burst, not a wiggle of the smoothed slope on a steady climb).
+    """
+    a = np.abs(d)
+    peaks, props = find_peaks(a, prominence=0.0)
+    out: dict[int, tuple] = {}  # one spurt per checkpoint: the steepest
+    for g, prominence, lb, rb in zip(peaks, props["prominences"], props["left_bases"], props["right_bases"]):
+        if prominence < (1 - cfg.spurt_drop) * a[g]:
+            continue
+        base = lb if a[lb] >= a[rb] else rb  # the base that sets the prominence
+        contrast = np.sign(d[g]) * basis[g] - np.sign(d[base]) * basis[base]  # a[g] - a[base] = contrast @ y
+        if prominence < cfg.spurt_k_se * math.sqrt(np.sum((contrast * se) ** 2)):
+            continue
+        lo = hi = g  # the window: where |slope| >= spurt_drop × the peak's
+        while lo > 0 and a[lo - 1] >= cfg.spurt_drop * a[g]:
+            lo -= 1
+        while hi < len(a) - 1 and a[hi + 1] >= cfg.spurt_drop * a[g]:
+            hi += 1
+        i0, i1 = _nearest(x, grid[lo]), _nearest(x, grid[hi])
+        if abs(spline(grid[hi]) - spline(grid[lo])) < cfg.k_se * math.hypot(se[i0], se[i1]):
+            continue
+        i = _nearest(x, grid[g])
+        if i not in out or a[g] > a[out[i][1]]:
+            out[i] = (i, int(g), int(lo), int(hi))
+    return [out[i] for i in sorted(out)]
+
+
+def _type(dllc, dse, dloss, total_drop, cfg: TransitionConfig) -> tuple[str, bool]:
+    """(A | B | other, hidden) for a change of λ̂ and of the loss (see the module docstring)."""
+    significant = abs(dllc) >= cfg.k_se * dse
+    quiet = math.isfinite(dloss) and total_drop > 0 and abs(dloss) < cfg.hidden_loss_frac * total_drop
+    if significant and dllc > 0 and math.isfinite(dloss) and dloss < 0:
+        kind = "A"
+    elif significant and dllc < 0 and math.isfinite(dloss) and dloss <= cfg.hidden_loss_frac * max(total_drop, 0):
+        kind = "B"
+    else:
+        kind = "other"
+    return kind, bool(significant and quiet)
+
+
 def _resample(rng, y, se, per_chain):
     if per_chain is None:
         return y + se * rng.standard_normal(len(y))
@@ -315,13 +404,21 @@ def detect_transitions(
         notes.append("the boundaries move within the smoothing range (residual chi-square n ± sqrt(2n)): "
                      "treat them with care")
 
-    # confidence: how often a resample puts a boundary within ±1 checkpoint
+    basis = slope_basis(x, se, lam, grid)
+    spurts = _spurts(x, grid, d, spline, se, basis, cfg)
+    sign = [np.sign(d[g]) for _, g, _, _ in spurts]
+
+    # confidence: how often a resample puts a boundary (a spurt of the same sign) within ±1 checkpoint
     rng = np.random.default_rng(cfg.seed)
-    hits = np.zeros(len(kept))
+    hits, spurt_hits = np.zeros(len(kept)), np.zeros(len(spurts))
     for _ in range(cfg.resamples):
-        found = [k[0] for k in _detect(x, _resample(rng, y, se, pc), se, cfg, lam)[0]]  # same smoothing
+        b, sp, gr, dd, _ = _detect(x, _resample(rng, y, se, pc), se, cfg, lam)  # the same smoothing
+        found = [k[0] for k in b]
         hits += [any(abs(f - k[0]) <= 1 for f in found) for k in kept]
+        found = [(i, np.sign(dd[g])) for i, g, _, _ in _spurts(x, gr, dd, sp, se, basis, cfg)]
+        spurt_hits += [any(abs(f - k[0]) <= 1 and sg == s for f, sg in found) for k, s in zip(spurts, sign)]
     confidence = hits / cfg.resamples if cfg.resamples else np.full(len(kept), np.nan)
+    spurt_conf = spurt_hits / cfg.resamples if cfg.resamples else np.full(len(spurts), np.nan)
 
     # stages and their types
     total_drop = float("nan")
@@ -332,22 +429,26 @@ def detect_transitions(
     stages = []
     for a, b in zip(ends[:-1], ends[1:]):
         dllc, dse, dloss = _stage_change(a, b, y_at, se, loss_r)
-        significant = abs(dllc) >= cfg.k_se * dse
-        quiet = math.isfinite(dloss) and total_drop > 0 and abs(dloss) < cfg.hidden_loss_frac * total_drop
-        if significant and dllc > 0 and math.isfinite(dloss) and dloss < 0:
-            kind = "A"
-        elif significant and dllc < 0 and math.isfinite(dloss) and dloss <= cfg.hidden_loss_frac * max(total_drop, 0):
-            kind = "B"
-        else:
-            kind = "other"
+        kind, hidden = _type(dllc, dse, dloss, total_drop, cfg)
         stages.append(Stage(int(step[rows][a]), int(step[rows][b]), int(rows[a]), int(rows[b]), float(dllc),
-                            float(dse), float(dloss), kind, bool(significant and quiet)))
+                            float(dse), float(dloss), kind, hidden))
     boundaries = []
     for j, (i, g, kind) in enumerate(kept):
         conf = float(confidence[j])
         boundaries.append(Boundary(int(step[rows][i]), int(rows[i]), float(grid[g]), kind, conf,
                                    bool(not conf >= cfg.min_confidence), stages[j].hidden or stages[j + 1].hidden))
-    return Transitions(boundaries, stages, cfg, smoothing, grid, spline(grid), d, notes)
+    found = []
+    for j, (i, g, lo, hi) in enumerate(spurts):
+        i0, i1 = _nearest(x, grid[lo]), _nearest(x, grid[hi])
+        dllc = float(spline(grid[hi]) - spline(grid[lo]))
+        dse = math.hypot(se[i0], se[i1])
+        dloss = loss_r[i1] - loss_r[i0] if loss_r is not None else float("nan")
+        kind, hidden = _type(dllc, dse, dloss, total_drop, cfg)
+        conf = float(spurt_conf[j])
+        found.append(Spurt(int(step[rows][i]), int(rows[i]), float(grid[g]), float(d[g]), int(step[rows][i0]),
+                           int(step[rows][i1]), dllc, float(dse), float(dloss), kind, hidden, conf,
+                           bool(not conf >= cfg.min_confidence)))
+    return Transitions(boundaries, stages, cfg, smoothing, grid, spline(grid), d, notes, found)
 
 
 def transitions_from_results(path, config: Optional[TransitionConfig] = None) -> Transitions:

@@ -5,12 +5,15 @@ look in Hoogland et al. 2024. A rise (a > 0) comes with a loss drop (type A); a 
 change of 1% of the run's drop (type B, hidden). The true boundary between two consecutive changes is the
 middle of the flat stretch between their centres, where |dλ/dlog t| <= tol × the smaller of their peak slopes
 (tol = TransitionConfig.plateau_tol): the top of a peak, the bottom of a trough, or the middle of a plateau.
+The true spurts are the peaks of |dλ/dlog t| that fall below half their height on both sides before any steeper
+point (TransitionConfig.spurt_drop = 0.5): the centre of a change, unless the next one runs into it.
 Per-chain λ̂ = λ(t) (1 + rel · N(0, 1)), independent across chains and checkpoints.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.signal import find_peaks
 
 
 @dataclass
@@ -21,6 +24,8 @@ class Curve:
     per_chain: np.ndarray  # [K, C]
     boundaries: list[int]  # true boundary checkpoint indices
     types: list[str]  # true stage types, len(boundaries) + 1 (the first stage runs from the start to the first boundary)
+    spurts: list[tuple[int, int]] = None  # true spurts: (checkpoint index, sign of the change)
+    spurts_ambiguous: bool = False  # a peak of the slope dips to about spurt_drop: whether it is a spurt is moot
 
 
 class Ambiguous(ValueError):
@@ -63,9 +68,14 @@ def make_curve(changes, rng, *, rel=0.08, chains=4, k=60, lo=1.0, hi=5.0, base=5
         types.append("A" if net > 0 else "B")
         net = a2
     types.append("A" if net > 0 else "B")
+    slope = dlam(grid)
+    peaks, props = find_peaks(np.abs(slope), prominence=0.0)
+    ratio = props["prominences"] / np.abs(slope[peaks])  # a spurt: >= 1 - spurt_drop = 0.5
+    spurts = [(int(np.argmin(np.abs(x - grid[g]))), int(np.sign(slope[g]))) for g, r in zip(peaks, ratio) if r >= 0.5]
+    ambiguous = bool(np.any((ratio > 0.35) & (ratio < 0.65)))
     llc = lam(x)
     per_chain = llc[:, None] * (1 + rel * rng.standard_normal((len(x), chains)))
-    return Curve(step, llc, loss, per_chain, bounds, types)
+    return Curve(step, llc, loss, per_chain, bounds, types, spurts, ambiguous)
 
 
 def random_curve(rng, n_changes, **kw) -> Curve:

@@ -27,3 +27,7 @@ def test_the_quick_demo_runs_the_whole_pipeline(tmp_path):
     assert (out / "curves.png").stat().st_size > 20_000
     report = json.loads((out / "report.json").read_text())
     assert set(report["onsets"]) == {"prev_token", "prefix_matching"} and report["steps"] == list(res.table.step)
+    assert set(report["onsets_halfway"]) == set(report["aligned"]) == set(report["onsets"])
+    assert isinstance(report["spurts"], list) and isinstance(report["boundaries"], list)
+    with h5py.File(out / "results.h5", "r") as f:
+        assert "spurts" in f["transitions"]

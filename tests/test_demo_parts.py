@@ -293,8 +293,11 @@ def test_onset():
     assert probes.onset(steps, [0.0, 0.0, 0.01, 0.05, 0.35, 0.6, 0.62, 0.6]) == 80  # half of ~0.61
     assert probes.onset(steps, [0.06] * 8) is None  # never rises
     assert probes.onset(steps, [0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.05, 0.05]) is None  # falls
-    # a score starting at the uniform-attention level: half-way from it, not half of the final value
-    assert probes.onset(steps, [0.2, 0.2, 0.2, 0.25, 0.4, 0.55, 0.8, 0.8]) == 160
+    # a score starting at the uniform-attention level: half its final value, or half-way from its start
+    assert probes.onset(steps, [0.2, 0.2, 0.2, 0.25, 0.4, 0.55, 0.8, 0.8]) == 80
+    assert probes.onset(steps, [0.2, 0.2, 0.2, 0.25, 0.4, 0.55, 0.8, 0.8], from_baseline=True) == 160
+    # starting above half its final value, it cannot rise through it: half-way from the start
+    assert probes.onset(steps, [0.5, 0.5, 0.5, 0.6, 0.7, 0.9, 1.0, 1.0]) == 160
     # any order in, NaN rows ignored
     assert probes.onset(steps[::-1], [0.6, 0.62, 0.6, 0.35, 0.05, 0.01, 0.0, 0.0]) == 80
     assert probes.onset([0, 1, 2, 3], [0.0, float("nan"), 1.0, 1.0]) == 2

@@ -88,6 +88,42 @@ def test_controls_without_transitions_give_no_confident_boundaries():
     assert confident <= 0.05 * curves
 
 
+def test_synthetic_curves_spurts_where_llc_changes_fastest():
+    """A spurt is found within ±1 checkpoint of each steepest point of the true curve, with its sign."""
+    tp = fp = fn = tp_conf = curves = 0
+    for i in range(40):
+        rng = np.random.default_rng(1000 + i)
+        c = random_curve(rng, int(rng.integers(1, 4)), rel=REL)
+        if c.spurts_ambiguous:
+            continue
+        curves += 1
+        found = [(s.index, int(np.sign(s.rate)), s.tentative) for s in detect(c).spurts]
+        for index, sign in c.spurts:
+            hits = [f for f in found if abs(f[0] - index) <= 1 and f[1] == sign]
+            tp, fn, tp_conf = tp + bool(hits), fn + (not hits), tp_conf + any(not f[2] for f in hits)
+        fp += sum(not any(abs(f[0] - index) <= 1 and f[1] == sign for index, sign in c.spurts) for f in found)
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    print(f"\nspurts: precision {precision:.3f} recall {recall:.3f} (confident only: recall {tp_conf / (tp + fn):.3f}) "
+          f"in {curves} curves, {tp + fn} true spurts")
+    assert curves >= 35 and precision >= 0.9 and recall >= 0.9, (precision, recall)
+
+
+def test_a_steady_climb_has_no_confident_spurts():
+    """Wiggles of the smoothed slope on curves without a burst are not spurts (spurt_k_se: look-elsewhere)."""
+    step = np.unique(np.round(np.logspace(1, 5, 60)).astype(np.int64))
+    x = np.log10(step)
+    confident = curves = 0
+    for name in ("linear in log step", "saturating", "constant"):
+        for seed in range(10):
+            rng = np.random.default_rng(seed)
+            per_chain = CONTROLS[name](x)[:, None] * (1 + REL * rng.standard_normal((len(x), 4)))
+            t = detect_transitions(step, per_chain.mean(1), loss=4 - 0.5 * x, llc_per_chain=per_chain, config=CFG)
+            confident += sum(not s.tentative for s in t.spurts)
+            curves += 1
+    print(f"\ncontrols: {confident} confident spurts in {curves} curves")
+    assert confident <= 0.05 * curves
+
+
 def test_means_and_standard_errors_alone_are_enough():
     rng = np.random.default_rng(3)
     c = make_curve([(2.0, 20.0, 0.1), (3.2, 15.0, 0.1), (4.3, -15.0, 0.1)], rng, rel=REL)
@@ -146,10 +182,13 @@ def test_the_transitions_command_stores_its_result_and_parameters(rise_then_hidd
     t = store.read_transitions(path)
     assert t.config == TransitionConfig(k_se=2.5, resamples=50) and len(t.boundaries) == 1
     assert [s.type for s in t.stages] == ["A", "B"] and t.stages[1].hidden
+    # the rise and the fall are spurts at their centres, and typed like the stages they lie in
+    assert [(s.type, s.hidden) for s in t.spurts] == [("A", False), ("B", True)] and "spurts" in result.output
+    assert [abs(s.log_step - centre) < 0.1 for s, centre in zip(t.spurts, (2.0, 3.5))] == [True, True]
     with h5py.File(path, "r") as f:
         g = f["transitions"]
         assert json.loads(g.attrs["params"])["k_se"] == 2.5
-        for sub in ("boundaries", "stages", "smooth"):
+        for sub in ("boundaries", "stages", "smooth", "spurts"):
             assert all(g[sub][name].attrs["description"] for name in g[sub])
     # a second run replaces the group; the rows are untouched
     result = runner.invoke(app, ["transitions", str(path), "--json"])
