@@ -7,7 +7,8 @@ Panels share one log-scale step axis, top to bottom:
   λ̂        λ̂ ± s.e. per checkpoint (hollow: verdict warn, red: verdict fail), the smoothed curve when the file
            has one, failed checkpoints as red crosses along the bottom;
   loss     L_n(w*) at each checkpoint: what the training curve shows;
-  probes   behavioural metrics per checkpoint, only when the file has a `probes` group.
+  probes   behavioural metrics per checkpoint, only when the file has a `probes` group; a diamond marks the
+           onset of each rising one (where it rises through half its final value).
 Stages from the `transitions` group shade every panel by type (A blue, B orange, other grey), labelled at the top;
 a hidden stage (λ̂ changes, the loss barely does) is hatched in purple and labelled "(hidden)", so the changes the
 loss curve does not show stand out. Boundaries are vertical lines (dashed: tentative), their confidence printed
@@ -480,12 +481,24 @@ def plot_results(path: str | Path, out: str | Path, *, title: str | None = None,
         ax["loss"].set_yticks([])
     ax["loss"].set_ylabel("loss $L_n(w^*)$", fontsize=10)
 
-    # -- probes
+    # -- probes, each with its onset (the step where it rises through half its final value, probes.onset)
     if probes:
+        from slt_probe.probes import onset
+
+        marked = False
         for i, (label, values) in enumerate(probes):
             ok = np.isfinite(values)
-            ax["probes"].plot(x[ok], values[ok], color=PROBE_COLOURS[i % len(PROBE_COLOURS)], lw=1.2, marker=dots,
-                              ms=2.5, label=label, zorder=3)
+            colour = PROBE_COLOURS[i % len(PROBE_COLOURS)]
+            ax["probes"].plot(x[ok], values[ok], color=colour, lw=1.2, marker=dots, ms=2.5, label=label, zorder=3)
+            at = onset(step[ok], values[ok])
+            if at is not None:
+                j = int(np.nonzero(step == at)[0][0])
+                ax["probes"].plot([x[j]], [values[j]], marker="D", ms=6.5, mfc=colour, mec="black", mew=0.8,
+                                  ls="none", zorder=4)
+                marked = True
+        if marked:
+            ax["probes"].plot([], [], marker="D", ms=6.5, mfc="white", mec="black", mew=0.8, ls="none",
+                              label="onset: rises through half its final value")
         ax["probes"].set_ylabel("probes", fontsize=10)
         ax["probes"].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8,
                             frameon=False)
