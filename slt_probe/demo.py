@@ -137,10 +137,10 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     names = ("prev_token", "prefix_matching")
     onsets = {name: probing.onset(steps, [pv[s][name] for s in steps]) for name in names}
     halfway = {name: probing.onset(steps, [pv[s][name] for s in steps], from_baseline=True) for name in names}
-    fields = ("step", "kind", "confidence", "tentative", "hidden")
-    boundaries = [{k: getattr(b, k) for k in fields} for b in t.boundaries]
-    fields = ("step", "rate", "start_step", "end_step", "dllc", "dloss", "type", "hidden", "confidence", "tentative")
-    spurts = [{k: getattr(sp, k) for k in fields} for sp in t.spurts]
+    boundaries = [{k: getattr(b, k) for k in ("step", "kind", "confidence", "tentative", "hidden")}
+                  for b in t.boundaries]
+    spurts = [{k: getattr(sp, k) for k in ("step", "rate", "start_step", "end_step", "dllc", "dloss", "type", "hidden",
+                                           "confidence", "tentative")} for sp in t.spurts]
     flagged = [{"what": "boundary", **b} for b in boundaries] + [{"what": "spurt", **sp} for sp in spurts]
     index = {s: i for i, s in enumerate(res.table.step.tolist())}
     aligned = {}

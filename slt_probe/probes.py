@@ -184,7 +184,7 @@ def probe_checkpoints(model: nn.Module, ckpt_dir: Union[Path, str], **probe_kw) 
 
 def onset(steps: Sequence[int], scores: Sequence[float], *, n_final: int = 3, min_rise: float = 0.1,
           from_baseline: bool = False) -> Optional[int]:
-    """The first step at which a score rises through half its final value (the definition of the demo's issue).
+    """The first step at which a score rises through half its final value: the onset the demo reports.
 
     final: the mean of the last n_final checkpoints (one checkpoint is noisy). A score that starts at or above
     half its final value cannot rise through it; there, and with from_baseline=True, the threshold is half-way
