@@ -440,9 +440,8 @@ def detect_transitions(
     found = []
     for j, (i, g, lo, hi) in enumerate(spurts):
         i0, i1 = _nearest(x, grid[lo]), _nearest(x, grid[hi])
-        dllc = float(spline(grid[hi]) - spline(grid[lo]))
-        dse = math.hypot(se[i0], se[i1])
-        dloss = loss_r[i1] - loss_r[i0] if loss_r is not None else float("nan")
+        dllc = float(spline(grid[hi]) - spline(grid[lo]))  # across the window itself, not its nearest checkpoints
+        _, dse, dloss = _stage_change(i0, i1, y_at, se, loss_r)
         kind, hidden = _type(dllc, dse, dloss, total_drop, cfg)
         conf = float(spurt_conf[j])
         found.append(Spurt(int(step[rows][i]), int(rows[i]), float(grid[g]), float(d[g]), int(step[rows][i0]),
