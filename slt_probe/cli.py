@@ -272,7 +272,7 @@ def model_and_data(first, model, model_config, data, context, tokenizer, loss, e
             check_lm_tokens(dataset)
         except ValueError as e:
             raise InputError(f"{data}: {e}") from None
-        inputs.check_tokens_fit(dataset, net, data_path=data, whole_rows=engine == "devinterp")
+        inputs.check_tokens_fit(dataset, net, data_path=data)
     return net, model_desc, dataset, data_desc, loss_fn
 
 

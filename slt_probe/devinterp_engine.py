@@ -3,6 +3,8 @@
 devinterp samples; we take its per-step loss trace and init_loss and reduce them exactly as our own
 engine does (burn-in discarded, diverged chains reported, same diagnostics), so the two engines differ
 only in the sampler. devinterp itself averages burn-in into λ̂; with burnin=0 the numbers are its own.
+It is handed our loss too: its default feeds a window's T+1 tokens to the model and drops the last
+position's logits, which is the same cross-entropy but needs a context of T+1; ours feeds the first T.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from slt_probe.data import Data, LossFn, lm_cross_entropy
@@ -47,6 +50,7 @@ def estimate_llc_devinterp(model: nn.Module, data: Data, *, loss_fn: LossFn, con
             num_burnin_steps=config.burnin,
             batch_size=config.batch_size,
             init_seed=config.seed,
+            loss_fn=_per_token_loss,
             device=str(device),
             output_path=f"{tmp}/samples.zarr",
         )
@@ -72,6 +76,17 @@ def estimate_llc_devinterp(model: nn.Module, data: Data, *, loss_fn: LossFn, con
         notes=[f"devinterp {_version()}"],
         seconds=seconds,
     )
+
+
+def _per_token_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """devinterp's loss_fn protocol: per-token cross-entropy [B, T] of tokens [B, T+1], predicting input_ids[:, 1:]
+    from input_ids[:, :-1], exactly as data.lm_cross_entropy does before its mean."""
+    from devinterp.slt.lm_loss import NonFiniteLogitsError, lm_forward_logits
+
+    logits = lm_forward_logits(model, input_ids[:, :-1])  # [B, T, vocab]
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLogitsError("Non-finite values detected in model logits.")  # devinterp's own signal
+    return F.cross_entropy(logits.transpose(1, 2).float(), input_ids[:, 1:], reduction="none")  # [B, T]
 
 
 def _version() -> str:

@@ -503,11 +503,10 @@ def model_vocab_size(model: nn.Module) -> int | None:
     return next((m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)), None)
 
 
-def check_tokens_fit(data: Data, model: nn.Module, *, data_path: str, whole_rows: bool = False) -> None:
+def check_tokens_fit(data: Data, model: nn.Module, *, data_path: str) -> None:
     """Token ids below the model's vocabulary size, sequences no longer than its context (where it has one).
 
     Only for one tensor of integer ids: a tuple of tensors goes to a custom --loss that knows its own data.
-    whole_rows: the model sees all T+1 tokens of a row (devinterp's engine does), not the first T.
     """
     if not isinstance(data, torch.Tensor) or data.dtype.is_floating_point or data.dtype == torch.bool:
         return
@@ -520,9 +519,7 @@ def check_tokens_fit(data: Data, model: nn.Module, *, data_path: str, whole_rows
             raise InputError(f"{data_path}: token id {top} >= the model's vocabulary size {vocab}")
     config = getattr(model, "config", None)
     n_ctx = next((v for v in (_config_int(config, a) for a in CONTEXT_ATTRS) if v is not None), None)
-    T = data.shape[1] - (0 if whole_rows else 1)
+    T = data.shape[1] - 1  # the model sees the first T tokens of a row and predicts the last T
     if n_ctx is not None and T > n_ctx:
-        fix = f"pass --context {n_ctx - 1 if whole_rows else n_ctx}"
-        if whole_rows:
-            fix += " (devinterp's engine feeds the whole row of T+1 tokens to the model)"
-        raise InputError(f"{data_path}: sequences of {T} tokens exceed the model's context of {n_ctx}; {fix}")
+        raise InputError(f"{data_path}: sequences of {T} tokens exceed the model's context of {n_ctx}; "
+                         f"pass --context {n_ctx}")

@@ -328,19 +328,24 @@ def test_a_hugging_face_run_needs_no_model_spec(tmp_path):
     assert res.attrs["model"]["model_type"] == "gpt2"
 
 
-def test_the_devinterp_engine_walks_too(run):
-    short = np.load(run / "data.npy")[:, :8]  # devinterp feeds all T+1 tokens: they must fit n_ctx = 8
-    np.save(run / "short.npy", short)
-    code, out = invoke(*walk_args(run, "d.h5", "--engine", "devinterp", "--data", run / "short.npy", "--steps", "0,30"))
+def test_the_devinterp_engine_walks_the_same_data(run):
+    # rows of 9 tokens for a model with n_ctx 8: devinterp is handed our loss, which feeds the first 8
+    code, out = invoke(*walk_args(run, "d.h5", "--engine", "devinterp", "--steps", "0,30"))
     assert code == 0, out
     res = slt_probe.load_results(run / "d.h5")
     assert res.attrs["engine"] == "devinterp" and res.attrs["method"] == "devinterp"
     assert set(res.table.status) == {"ok"} and np.isfinite(res.table.llc_mean).all()
+    # the same init_loss as our engine: the same loss on the same data (the minibatch sequences differ)
+    code, out = invoke(*walk_args(run, "s.h5", "--steps", "0,30"))
+    assert code == 0, out
+    ours = slt_probe.load_results(run / "s.h5")
+    np.testing.assert_allclose(res.table.init_loss, ours.table.init_loss, rtol=0.05)
 
 
-def test_devinterp_engine_needs_whole_rows_within_the_context(run):
-    code, out = invoke(*walk_args(run, "d.h5", "--engine", "devinterp"))  # rows of 9 tokens, n_ctx 8
-    assert code == 2 and "--context 7" in one_line_error(out)
+def test_rows_longer_than_the_context_are_refused_with_the_fix(run):
+    np.save(run / "long.npy", np.zeros((64, 10), np.int64))  # 9 inputs, n_ctx 8
+    code, out = invoke(*walk_args(run, "d.h5", "--data", run / "long.npy"))
+    assert code == 2 and "--context 8" in one_line_error(out)
 
 
 def test_a_non_language_model_walks_with_its_own_loss(tmp_path):
