@@ -115,6 +115,19 @@ def sgld_config(config_file: Optional[str], options: dict):
         raise InputError(f"{config_file or 'config'}: {e}") from None
 
 
+def parse_refine(items: Optional[list[str]]) -> dict[str, str]:
+    """--refine NAME=REGEX, repeated -> {NAME: REGEX}."""
+    from slt_probe.errors import InputError
+
+    out = {}
+    for item in items or []:
+        name, sep, pattern = item.partition("=")
+        if not sep or not name.strip() or not pattern or "/" in name:
+            raise InputError(f"--refine {item!r}: expected NAME=REGEX, e.g. layer0='^blocks\\.0\\.'")
+        out[name.strip()] = pattern
+    return out
+
+
 def parse_steps(steps: Optional[str]) -> Optional[list[int]]:
     from slt_probe.errors import InputError
 
@@ -150,6 +163,10 @@ def walk(
     dtype: Optional[str] = typer.Option(None, help="sampling precision: float32 | float64 [float32]"),
     method: Optional[str] = typer.Option(None, help="auto | vmap | loop [auto]"),
     mala_every: Optional[int] = typer.Option(None, help="measure MALA acceptance every k steps, 0 = off [10]"),
+    params: Optional[str] = typer.Option(None, help="sample only the parameters whose names match this regex: "
+                                                    "the refined λ̂ of a component [all]"),
+    refine: Optional[list[str]] = typer.Option(None, help="NAME=REGEX: also the refined λ̂ of the parameters "
+                                                          "matching REGEX at each checkpoint (repeatable)"),
     engine: str = typer.Option("slt", help="slt | devinterp"),
     steps: Optional[str] = typer.Option(None, help="only these steps, e.g. 100,200,400"),
     every: Optional[int] = typer.Option(None, help="every K-th checkpoint (and the last)"),
@@ -177,7 +194,8 @@ def walk(
     try:
         cfg = sgld_config(config, dict(lr=lr, localization=localization, nbeta=nbeta, chains=chains, draws=draws,
                                        burnin=burnin, batch_size=batch_size, seed=seed, device=device, dtype=dtype,
-                                       method=method, mala_every=mala_every))
+                                       method=method, mala_every=mala_every, params=params))
+        components = parse_refine(refine)
         if engine not in ("slt", "devinterp"):
             raise InputError(f"--engine must be slt or devinterp, got {engine!r}")
         found, skipped = ck.discover(ckpt_dir)
@@ -219,7 +237,8 @@ def walk(
 
     try:
         summary = walk_checkpoints(todo, out, model=net, data=dataset, loss_fn=loss_fn, config=cfg, engine=engine,
-                                   root=ckpt_dir, meta=meta, overwrite=overwrite, on_event=on_event)
+                                   root=ckpt_dir, meta=meta, overwrite=overwrite, on_event=on_event,
+                                   refine=components)
     except InputError as e:
         fail(str(e), debug)
     finally:
@@ -230,13 +249,17 @@ def walk(
         from slt_probe.store import write_transitions
         from slt_probe.transitions import transitions_from_results
 
-        try:
-            t = transitions_from_results(out)
-            write_transitions(out, t)
-        except ValueError as e:  # too few checkpoints, one chain: the walk itself is fine
-            console.print(f"transitions: not detected ({e})", highlight=False, markup=False)
-        else:
+        for name in [None, *components]:  # the LLC, then each refined λ̂
+            label = "λ̂" if name is None else f"refined λ̂ of {name}"
+            try:
+                t = transitions_from_results(out, refined=name)
+                write_transitions(out, t, "transitions" if name is None else f"refined/{name}/transitions")
+            except ValueError as e:  # too few checkpoints, one chain: the walk itself is fine
+                console.print(f"transitions in {label}: not detected ({e})", highlight=False, markup=False)
+                continue
             if not quiet:
+                if name is not None:
+                    console.print(f"{label} ({components[name]}):", highlight=False, markup=False)
                 console.print(transitions_table(t))
                 if t.spurts:
                     console.print(spurts_table(t))
@@ -424,6 +447,8 @@ def transitions(
     resamples: Optional[int] = typer.Option(None, help="bootstrap resamples for the confidence [200]"),
     min_confidence: Optional[float] = typer.Option(None, help="boundaries reproduced less often are tentative [0.8]"),
     seed: Optional[int] = typer.Option(None, help="seed of the bootstrap [0]"),
+    refined: Optional[str] = typer.Option(None, help="detect them in this refined λ̂ curve (walk --refine NAME=...) "
+                                                     "instead of the whole model's"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     debug: bool = typer.Option(False, help="show Python tracebacks"),
 ):
@@ -435,8 +460,8 @@ def transitions(
         cfg = transition_config(k_se=k_se, hidden_loss_frac=hidden_loss_frac, plateau_tol=plateau_tol,
                                 spurt_drop=spurt_drop, spurt_k_se=spurt_k_se,
                                 resamples=resamples, min_confidence=min_confidence, seed=seed)
-        t = transitions_from_results(results, cfg)
-        write_transitions(results, t)
+        t = transitions_from_results(results, cfg, refined=refined)
+        write_transitions(results, t, "transitions" if refined is None else f"refined/{refined}/transitions")
     except (OSError, ValueError) as e:
         fail(f"{results}: {e}", debug)
     if as_json:
@@ -653,15 +678,21 @@ def demo(
         bar.stop()
     typer.echo(f"trained in {report.seconds['train']:.0f} s, walked {len(report.steps)} checkpoints in "
                f"{report.seconds['walk']:.0f} s → {report.results}, {report.plot}")
+    def flagged(match, curve):
+        if match is None:
+            return f"{curve}: no transition within ±1 checkpoint"
+        kind = f"type {match['type']}" if match["what"] == "spurt" else match["kind"]
+        return (f"{curve}: a {match['what']} ({kind}) at step {match['step']}, confidence "
+                f"{match['confidence']:.2f}{' (tentative)' if match['tentative'] else ''}, within ±1 checkpoint")
+
     for name, label in (("prev_token", "previous-token heads"), ("prefix_matching", "induction heads")):
-        at, match = report.onsets[name], report.aligned[name]
-        what = "no λ̂ transition within ±1 checkpoint"
-        if match is not None:
-            kind = f"type {match['type']}" if match["what"] == "spurt" else match["kind"]
-            what = (f"λ̂ flagged a {match['what']} ({kind}) at step {match['step']}, confidence {match['confidence']:.2f}"
-                    f"{' (tentative)' if match['tentative'] else ''}: within ±1 checkpoint")
+        at = report.onsets[name]
         typer.echo(f"{label}: onset at step {at if at is not None else '— (no onset)'} "
-                   f"(half-way from the start: {report.onsets_halfway[name]}); {what}")
+                   f"(half-way from the start: {report.onsets_halfway[name]})")
+        typer.echo(f"  {flagged(report.aligned[name], 'λ̂ of the whole model')}")
+        if name in report.aligned_refined:
+            r = report.aligned_refined[name]
+            typer.echo(f"  {flagged(r['transition'], 'refined λ̂ of ' + r['component'] + ', its best head')}")
     for s in report.stages:
         typer.echo(f"  stage {s['start_step']:>6} → {s['end_step']:<6} type {s['type']:<5}"
                    f" Δλ̂ {s['dllc']:+.2f}  Δloss {s['dloss']:+.3f}{'  hidden' if s['hidden'] else ''}")
@@ -672,6 +703,14 @@ def demo(
         typer.echo(f"  spurt at step {sp['step']} (type {sp['type']}, Δλ̂ {sp['dllc']:+.2f} over {sp['start_step']} → "
                    f"{sp['end_step']}, Δloss {sp['dloss']:+.3f}, confidence {sp['confidence']:.2f}"
                    f"{', tentative' if sp['tentative'] else ''}{', hidden' if sp['hidden'] else ''})")
+    for component, r in report.refined.items():
+        typer.echo(f"refined λ̂ of {component} ({r['params']}):")
+        for b in r["boundaries"]:
+            typer.echo(f"  boundary at step {b['step']} ({b['kind']}, confidence {b['confidence']:.2f}"
+                       f"{', tentative' if b['tentative'] else ''})")
+        for sp in r["spurts"]:
+            typer.echo(f"  spurt at step {sp['step']} (type {sp['type']}, Δλ̂ {sp['dllc']:+.2f} over {sp['start_step']}"
+                       f" → {sp['end_step']}, confidence {sp['confidence']:.2f}{', tentative' if sp['tentative'] else ''})")
 
 
 if __name__ == "__main__":

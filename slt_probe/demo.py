@@ -3,7 +3,10 @@
 A 2-layer attention-only transformer learns CPython's standard library at the byte level, with copied
 spans mixed into the training windows so that induction heads form within minutes (corpus.py says how).
 Along the way previous-token heads form and then induction heads; the question is whether λ̂ flags those
-changes of internal structure (Hoogland et al. 2024) where the behavioural probes say they happen.
+changes of internal structure (Hoogland et al. 2024) where the behavioural probes say they happen. Beside the
+LLC of the whole model, the walk measures the refined LLC of each layer's heads (only that layer's attention
+weights sampled; Wang et al. 2024): n-gram learning keeps the whole model's λ̂ climbing while the heads form,
+and a layer's own λ̂ separates what happens in it. Each probe is read against the layer of its best head.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class DemoConfig:
     sgld: SGLDConfig = field(default_factory=lambda: SGLDConfig(lr=3e-4, localization=300.0, nbeta=30.0, chains=4,
                                                                    draws=100, burnin=30, batch_size=32, method="loop"))
     icl_windows: int = 128  # validation windows for the ICL score
+    # refined LLCs: {name: regex over parameter names}; None: each layer's attention weights ("layer0", ...)
+    refine: Optional[dict[str, str]] = None
     # torch threads for the walk (restored afterwards). The model is small: a second thread gains little, and
     # on a 2-core machine with anything else running two threads were measured ~100x slower per step (each op
     # waits for the busy core), 1.8 ms vs 140-200 ms.
@@ -71,6 +76,12 @@ class DemoConfig:
                             data_windows=256, corpus=CorpusConfig(context=32, span_min=4, span_max=12, max_bytes=2_000_000))
         return DemoConfig(train=train, sgld=SGLDConfig(lr=1e-4, localization=100.0, nbeta=30.0, chains=2, draws=30,
                                                        burnin=5, batch_size=16, method="loop"), icl_windows=32)
+
+    def components(self) -> dict[str, str]:
+        """The refined LLCs the walk measures: each layer's heads, i.e. its qkv and output weights."""
+        if self.refine is not None:
+            return dict(self.refine)
+        return {f"layer{i}": rf"^blocks\.{i}\." for i in range(self.train.n_layers)}
 
 
 @dataclass
@@ -85,6 +96,11 @@ class DemoReport:
     stages: list[dict]  # {start_step, end_step, type, hidden, dllc, dloss}
     # probe -> the λ̂ transition (boundary or spurt) within ±1 checkpoint of its onset, or None; confident ones first
     aligned: dict[str, Optional[dict]]
+    # component -> its refined λ̂'s {"params", "boundaries", "spurts", "stages"} (as above)
+    refined: dict[str, dict]
+    # probe -> {"component": the layer of its best head at the end, "transition": as `aligned`, in that
+    # layer's refined λ̂, or None}
+    aligned_refined: dict[str, dict]
     seconds: dict[str, float]
     steps: list[int]
 
@@ -116,7 +132,7 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     torch.set_num_threads(cfg.threads)
     try:
         walk(ckpts, results, model=build_model(cfg.train), data=data, config=cfg.sgld, root=run, overwrite=True,
-             probes=InductionProbe(probe_tokens, icl),
+             probes=InductionProbe(probe_tokens, icl), refine=cfg.components(),
              meta={"command": "slt-probe demo", "model": {"spec": "models/attn_only.py:attn_only",
                                                             "kwargs": cfg.train.model_kwargs()},
                    "data": {"path": str(run / "data.npy"), "format": "npy"}, "demo": json.dumps(asdict(cfg.train))},
@@ -128,6 +144,10 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     start = time.perf_counter()
     t = transitions_from_results(results)
     write_transitions(results, t)
+    found = {}  # component -> its refined λ̂'s transitions
+    for name in cfg.components():
+        found[name] = transitions_from_results(results, refined=name)
+        write_transitions(results, found[name], f"refined/{name}/transitions")
     png = plot_results(results, out_dir / "curves.png", title="the induction bump: λ̂ over training")
     seconds["transitions_and_plot"] = time.perf_counter() - start
 
@@ -137,21 +157,42 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     names = ("prev_token", "prefix_matching")
     onsets = {name: probing.onset(steps, [pv[s][name] for s in steps]) for name in names}
     halfway = {name: probing.onset(steps, [pv[s][name] for s in steps], from_baseline=True) for name in names}
-    boundaries = [{k: getattr(b, k) for k in ("step", "kind", "confidence", "tentative", "hidden")}
-                  for b in t.boundaries]
-    spurts = [{k: getattr(sp, k) for k in ("step", "rate", "start_step", "end_step", "dllc", "dloss", "type", "hidden",
-                                           "confidence", "tentative")} for sp in t.spurts]
-    flagged = [{"what": "boundary", **b} for b in boundaries] + [{"what": "spurt", **sp} for sp in spurts]
     index = {s: i for i, s in enumerate(res.table.step.tolist())}
-    aligned = {}
+    summary = _summary(t)
+    aligned = {name: _near(summary, at, index) for name, at in onsets.items()}
+    refined = {name: {"params": pattern, **_summary(found[name])} for name, pattern in cfg.components().items()}
+    aligned_refined = {}
     for name, at in onsets.items():
-        near = [f for f in flagged if at is not None and abs(index[f["step"]] - index[at]) <= 1]
-        near.sort(key=lambda f: (f["tentative"], abs(index[f["step"]] - index[at]), -f["confidence"]))
-        aligned[name] = near[0] if near else None
+        # the layer of the best head at the end: where the probe says these heads live
+        final = np.mean([pv[s][f"{name}_heads"] for s in steps[-3:]], axis=0)  # [layer, head]
+        component = f"layer{int(np.unravel_index(np.nanargmax(final), final.shape)[0])}"
+        if component in refined:
+            aligned_refined[name] = {"component": component, "transition": _near(refined[component], at, index)}
     out = DemoReport(out_dir=out_dir, results=results, plot=png, onsets=onsets, onsets_halfway=halfway,
-                     boundaries=boundaries, spurts=spurts,
-                     stages=[{"start_step": s.start_step, "end_step": s.end_step, "type": s.type, "hidden": s.hidden,
-                              "dllc": s.dllc, "dloss": s.dloss} for s in t.stages],
-                     aligned=aligned, seconds=seconds, steps=steps)
+                     boundaries=summary["boundaries"], spurts=summary["spurts"], stages=summary["stages"],
+                     aligned=aligned, refined=refined, aligned_refined=aligned_refined, seconds=seconds, steps=steps)
     report.write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(out).items()}, indent=1))
     return out
+
+
+def _summary(t) -> dict[str, list[dict]]:
+    """A Transitions' boundaries, spurts and stages as plain dicts (report.json)."""
+    return {
+        "boundaries": [{k: getattr(b, k) for k in ("step", "kind", "confidence", "tentative", "hidden")}
+                       for b in t.boundaries],
+        "spurts": [{k: getattr(sp, k) for k in ("step", "rate", "start_step", "end_step", "dllc", "dloss", "type",
+                                                "hidden", "confidence", "tentative")} for sp in t.spurts],
+        "stages": [{"start_step": s.start_step, "end_step": s.end_step, "type": s.type, "hidden": s.hidden,
+                    "dllc": s.dllc, "dloss": s.dloss} for s in t.stages],
+    }
+
+
+def _near(summary: dict, at: Optional[int], index: dict[int, int]) -> Optional[dict]:
+    """The flagged transition (boundary or spurt) within ±1 checkpoint of step `at`: confident first, then nearest."""
+    if at is None:
+        return None
+    flagged = [{"what": "boundary", **b} for b in summary["boundaries"]] + \
+              [{"what": "spurt", **sp} for sp in summary["spurts"]]
+    near = [f for f in flagged if abs(index[f["step"]] - index[at]) <= 1]
+    near.sort(key=lambda f: (f["tentative"], abs(index[f["step"]] - index[at]), -f["confidence"]))
+    return near[0] if near else None

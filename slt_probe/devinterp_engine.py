@@ -29,6 +29,8 @@ def estimate_llc_devinterp(model: nn.Module, data: Data, *, loss_fn: LossFn, con
 
     if loss_fn is not lm_cross_entropy or not isinstance(data, torch.Tensor):
         raise ValueError("engine='devinterp' supports language-model token data with the default loss only")
+    if config.params is not None:
+        raise ValueError("a refined LLC (params) is computed by engine='slt' only")
     from datasets import Dataset
     from devinterp.slt.llc import llc as devinterp_llc
 

@@ -7,6 +7,8 @@ Panels share one log-scale step axis, top to bottom:
   λ̂        λ̂ ± s.e. per checkpoint (hollow: verdict warn, red: verdict fail), the smoothed curve when the file
            has one, failed checkpoints as red crosses along the bottom;
   loss     L_n(w*) at each checkpoint: what the training curve shows;
+  refined  the refined λ̂ of each component (a layer's heads, ...), only when the file has a `refined` group:
+           λ̂ ± s.e., its smoothed curve and spurts (▲) when its transitions were detected;
   probes   behavioural metrics per checkpoint, only when the file has a `probes` group; a diamond marks the
            onset of each rising one (where it rises through half its final value).
 Stages from the `transitions` group shade every panel by type (A blue, B orange, other grey), labelled at the top;
@@ -40,6 +42,7 @@ HIDDEN = "#8e2c8e"  # hatching and labels of hidden stages: not a stage colour, 
 STAGE_FACE = {"A": "#dfeaf6", "B": "#fde3c8", "other": "#ececec"}
 STAGE_TEXT = {"A": "A", "B": "B", "other": "–"}
 STAGE_MEANING = {"A": "stage A: λ̂ rises, loss falls", "B": "stage B: λ̂ falls (simplifies)", "other": "other stage"}
+REFINED_COLOURS = ["#6a3d9a", "#b15928", "#1b7837", "#c51b7d", "#35978f", "#8c510a"]
 PROBE_COLOURS = ["#2a9d55", "#8c564b", "#e07b00", "#7f7f7f", "#17becf", "#bcbd22", "#9467bd", "#e377c2"]
 # folder names that say nothing about the run: the title adds the parent folder to them
 GENERIC_DIRS = {"checkpoints", "checkpoint", "ckpts", "ckpt", "models", "weights", "output", "outputs"}
@@ -103,6 +106,31 @@ def _read_extras(path: Path, step: np.ndarray) -> tuple[Optional[dict], list[tup
                 label = _decode(ds.attrs.get("label", name))
                 probes.append((str(label) if label else name, values))
     return transitions, probes
+
+
+def _read_refined(path: Path, step: np.ndarray) -> list[dict]:
+    """The refined λ̂ curves: [{name, params, llc, se (aligned with the rows), smooth_x, smooth_y, spurts}]."""
+    from slt_probe.store import Refined
+
+    refined = Refined.read(path)
+    if refined is None:
+        return []
+    out = []
+    with h5py.File(path, "r") as f:
+        for name, values in refined.values.items():
+            llc = np.array([values[int(s)]["llc_mean"] if int(s) in values else np.nan for s in step], dtype=float)
+            se = np.array([values[int(s)]["llc_se"] if int(s) in values else np.nan for s in step], dtype=float)
+            curve = {"name": name, "params": refined.params[name], "llc": llc, "se": se, "smooth_x": None,
+                     "smooth_y": None, "spurts": {}}
+            t = f.get(f"refined/{name}/transitions")
+            if isinstance(t, h5py.Group) and isinstance(t.get("smooth"), h5py.Group):
+                smooth = _read_columns(t["smooth"])
+                if len(smooth.get("log_step", [])):
+                    curve["smooth_x"] = 10.0 ** smooth["log_step"].astype(float)
+                    curve["smooth_y"] = smooth["llc"].astype(float)
+                    curve["spurts"] = _read_columns(t["spurts"]) if isinstance(t.get("spurts"), h5py.Group) else {}
+            out.append(curve)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,7 +316,7 @@ def _draw_stages(axes, label_ax, transitions, x_of_step) -> tuple[list, list, Op
     return handles, labels, tags
 
 
-def _draw_spurts(ax, spurts: dict, smooth_x, smooth_y) -> list:
+def _draw_spurts(ax, spurts: dict, smooth_x, smooth_y, colour: str = SMOOTH) -> list:
     """A triangle on the smoothed λ̂ where it changes fastest (▲ rising, ▼ falling; hollow: tentative)."""
     from matplotlib.lines import Line2D
 
@@ -299,7 +327,7 @@ def _draw_spurts(ax, spurts: dict, smooth_x, smooth_y) -> list:
         xs = 10.0 ** float(log_step)
         y = float(np.interp(float(log_step), np.log10(smooth_x), smooth_y))
         marker = "^" if rate > 0 else "v"
-        ax.plot([xs], [y], marker=marker, ms=9, mec=SMOOTH, mew=1.4, mfc="white" if tentative else SMOOTH,
+        ax.plot([xs], [y], marker=marker, ms=9, mec=colour, mew=1.4, mfc="white" if tentative else colour,
                 ls="none", zorder=5)
     handles.append((Line2D([], [], marker="^", ms=8, mec=SMOOTH, mfc=SMOOTH, ls="none"),
                     "spurt: λ̂ changes fastest (hollow: tentative)"))
@@ -417,6 +445,7 @@ def plot_results(path: str | Path, out: str | Path, *, title: str | None = None,
     t = res.table
     k = len(t)
     transitions, probes = _read_extras(path, t["step"].to_numpy(dtype=np.int64))
+    refined = _read_refined(path, t["step"].to_numpy(dtype=np.int64))
 
     step = t["step"].to_numpy(dtype=np.int64)
     llc = t["llc_mean"].to_numpy(dtype=np.float64)
@@ -439,8 +468,8 @@ def plot_results(path: str | Path, out: str | Path, *, title: str | None = None,
         smooth_x, smooth_y = 10.0 ** smooth["log_step"].astype(float), smooth["llc"].astype(float)
 
     # -- layout: λ̂ gets the most height; loss and probes are context for it
-    panels = ["llc", "loss"] + (["probes"] if probes else [])
-    heights = {"llc": 3.0, "loss": 1.5, "probes": 1.5}
+    panels = ["llc", "loss"] + (["refined"] if refined else []) + (["probes"] if probes else [])
+    heights = {"llc": 3.0, "loss": 1.5, "refined": 2.0, "probes": 1.5}
     fig = Figure(figsize=(11, 1.3 + sum(heights[p] for p in panels) * 1.15), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axs = fig.subplots(len(panels), 1, sharex=True, height_ratios=[heights[p] for p in panels])
@@ -480,6 +509,20 @@ def plot_results(path: str | Path, out: str | Path, *, title: str | None = None,
     else:
         ax["loss"].set_yticks([])
     ax["loss"].set_ylabel("loss $L_n(w^*)$", fontsize=10)
+
+    # -- refined λ̂ of each component, with its smoothed curve and spurts
+    if refined:
+        for i, c in enumerate(refined):
+            colour = REFINED_COLOURS[i % len(REFINED_COLOURS)]
+            ok = np.isfinite(c["llc"])
+            ax["refined"].errorbar(x[ok], c["llc"][ok], yerr=np.nan_to_num(c["se"][ok]), fmt="o", ms=3, color=colour,
+                                   elinewidth=0.8, capsize=0, label=f"{c['name']} ({c['params']})", zorder=3)
+            if c["smooth_x"] is not None:
+                ax["refined"].plot(c["smooth_x"], c["smooth_y"], color=colour, lw=1.4, zorder=4)
+                _draw_spurts(ax["refined"], c["spurts"], c["smooth_x"], c["smooth_y"], colour=colour)
+        ax["refined"].set_ylabel("refined λ̂", fontsize=10)
+        ax["refined"].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8,
+                             frameon=False)
 
     # -- probes, each with its onset (the step where it rises through half its final value, probes.onset)
     if probes:

@@ -12,6 +12,7 @@ loses on CPU for mid-sized models), so "auto" times both on the first real steps
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional
@@ -41,6 +42,10 @@ class SGLDConfig:
     dtype: str = "float32"  # sampling precision, whatever the checkpoint's (bf16 weights are upcast)
     method: str = "auto"  # "vmap" | "loop" | "auto" (time both on the first steps, keep the faster)
     mala_every: int = 10  # every k-th step pair measures the MALA acceptance ratio; 0 disables
+    # A regular expression over parameter names (model.named_parameters()): only the matching parameters are
+    # sampled, the rest stay at w*. That is the weight-refined LLC of a component, e.g. r"^blocks\.0\." for the
+    # first layer's heads (Wang et al. 2024, arXiv 2410.02984). None: every parameter (the LLC).
+    params: Optional[str] = None
 
     def __post_init__(self):
         for name in ("lr", "localization"):
@@ -59,6 +64,11 @@ class SGLDConfig:
             raise ValueError(f"method must be 'auto', 'vmap' or 'loop', got {self.method!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.params is not None:
+            try:
+                re.compile(self.params)
+            except re.error as e:
+                raise ValueError(f"params is not a regular expression ({e}): {self.params!r}") from None
 
     @property
     def steps(self) -> int:
@@ -128,6 +138,19 @@ class FlatModel:
         self.numels = [p.numel() for _, p in named]
         self.w0 = torch.cat([p.detach().reshape(-1) for _, p in named])  # [D]
 
+    def mask(self, pattern: Optional[str]) -> Optional[torch.Tensor]:
+        """[D] 1.0 on the parameters whose names match `pattern` (re.search, without the "model." prefix), else 0.0;
+        None when every parameter is sampled. ValueError naming the parameters when nothing matches."""
+        if pattern is None:
+            return None
+        keep = [re.search(pattern, name.removeprefix("model.")) is not None for name in self.names]
+        if not any(keep):
+            names = ", ".join(n.removeprefix("model.") for n in self.names[:8])
+            raise ValueError(f"params {pattern!r} matches none of the model's parameters ({names}"
+                             f"{', ...' if len(self.names) > 8 else ''})")
+        return torch.cat([torch.full((n,), float(k), dtype=self.w0.dtype, device=self.w0.device)
+                          for n, k in zip(self.numels, keep)])
+
     def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         # w: [D] -> {name: view of shape p.shape}
         return {n: t.view(s) for n, t, s in zip(self.names, w.split(self.numels), self.shapes)}
@@ -184,6 +207,8 @@ def run_chains(
     gen = torch.Generator(device=device).manual_seed(config.seed + 1)
 
     w0 = flat.w0  # [D]
+    # refined LLC: the drift and the noise of the other coordinates are zeroed, so they never leave w*
+    mask = flat.mask(config.params)  # [D] or None
     w = w0.expand(C, D).clone()  # [C, D]
     grad = torch.empty_like(w)
     noise = torch.empty_like(w)
@@ -273,6 +298,9 @@ def run_chains(
         else:
             drift = grad.mul_(nbeta).add_(offset, alpha=gamma)
         torch.randn(noise.shape, generator=gen, device=device, dtype=w.dtype, out=noise)
+        if mask is not None:  # before the MALA bookkeeping: the chain lives in the sampled coordinates only
+            drift.mul_(mask)
+            noise.mul_(mask)
 
         if pair_index < len(pair_steps):
             if t == pair_steps[pair_index] + 1:

@@ -95,13 +95,13 @@ def empty_row(chains: int, draws: int, burnin: int) -> dict[str, Any]:
 
 # Groups that survive a rewrite of the rows. Transitions do not: they describe the rows they were found in,
 # and the walk finds them again at its end.
-KEPT_GROUPS = ("probes",)
+KEPT_GROUPS = ("probes", "refined")
 
 
 def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains: int, draws: int, burnin: int,
-          probes: Optional["Probes"] = None) -> None:
+          probes: Optional["Probes"] = None, refined: Optional["Refined"] = None) -> None:
     """Write the whole file atomically: attrs (JSON-encoded when not str/number), rows sorted by step, and the
-    probes group (from `probes` when given, else carried over from the file being replaced)."""
+    probes and refined groups (from `probes` / `refined` when given, else carried over from the file replaced)."""
     path = Path(path)
     rows = sorted(rows, key=lambda r: r["step"])
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
@@ -132,6 +132,8 @@ def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains:
                     ds.attrs["dims"] = json.dumps(["checkpoint", "chain", "draw" if kind == "trace" else "step"][: arr.ndim])
             if probes is not None:
                 probes.write(f.create_group("probes"))
+            if refined is not None:
+                refined.write(f.create_group("refined"), chains)
             if path.exists():
                 with h5py.File(path, "r") as old:
                     for name in KEPT_GROUPS:
@@ -187,6 +189,66 @@ class Probes:
         values = {s: {name: (a[i].item() if a.ndim == 1 else a[i]) for name, a in arrays.items()}
                   for i, s in enumerate(steps)}
         return Probes(info, values)
+
+
+REFINED_FIELDS = {  # name: description; one value per checkpoint of the component's subgroup
+    "step": "checkpoint step",
+    "llc_mean": "refined λ̂: only this component's parameters sampled, the rest held at w* (Wang et al. 2024)",
+    "llc_se": "standard error of llc_mean across chains",
+    "llc_per_chain": "refined λ̂ of each chain [checkpoint, chain]; NaN for a diverged chain",
+    "verdict": "ok | warn | fail of this estimate's diagnostics (fail: it could not be computed)",
+}
+
+
+@dataclass
+class Refined:
+    """Refined LLCs per checkpoint, the file's `refined` group: one subgroup per component (walk(refine=...)).
+
+    params[name] is the regular expression over parameter names that selects the component, num_params[name]
+    how many parameters it holds; values[name][step] = {"llc_mean", "llc_se", "llc_per_chain", "verdict"}.
+    """
+
+    params: dict[str, str]
+    num_params: dict[str, int]
+    values: dict[str, dict[int, dict[str, Any]]]
+
+    def write(self, g: h5py.Group, chains: int) -> None:
+        g.attrs["description"] = ("refined LLCs: λ̂ with only one component's parameters sampled (Wang et al. 2024, "
+                                  "arXiv 2410.02984), one subgroup per component, keyed by step")
+        for name, pattern in self.params.items():
+            sub = g.create_group(name)
+            sub.attrs["params"], sub.attrs["num_params"] = pattern, int(self.num_params.get(name, 0))
+            sub.attrs["description"] = f"refined λ̂ of the parameters matching {pattern!r}"
+            steps = sorted(self.values.get(name, {}))
+            rows = [self.values[name][s] for s in steps]
+            for field, description in REFINED_FIELDS.items():
+                if field == "step":
+                    data = np.array(steps, dtype=np.int64)
+                elif field == "verdict":
+                    data = np.array([r["verdict"] for r in rows], dtype=object)
+                elif field == "llc_per_chain":
+                    data = np.stack([np.asarray(r[field], dtype=np.float64) for r in rows]) if rows \
+                        else np.zeros((0, chains))
+                else:
+                    data = np.array([r[field] for r in rows], dtype=np.float64).reshape(len(rows))
+                ds = sub.create_dataset(field, data=data, dtype=_STR if field == "verdict" else None)
+                ds.attrs["description"] = description
+
+    @staticmethod
+    def read(path: Path) -> Optional["Refined"]:
+        with h5py.File(path, "r") as f:
+            if "refined" not in f:
+                return None
+            params, num_params, values = {}, {}, {}
+            for name, sub in f["refined"].items():
+                params[name] = str(_decode_attr(sub.attrs["params"]))
+                num_params[name] = int(sub.attrs.get("num_params", 0))
+                cols = {k: (sub[k].asstr()[...] if k == "verdict" else sub[k][...]) for k in REFINED_FIELDS}
+                values[name] = {int(s): {k: (cols[k][i] if k == "llc_per_chain" else cols[k][i].item()
+                                             if hasattr(cols[k][i], "item") else cols[k][i])
+                                         for k in REFINED_FIELDS if k != "step"}
+                                for i, s in enumerate(cols["step"])}
+        return Refined(params, num_params, values)
 
 
 def write_group(path: Path, name: str, fill: Callable[[h5py.Group], None]) -> None:
@@ -355,8 +417,9 @@ SPURT_FIELDS = {
 _INT_FIELDS = ("step", "index", "start_step", "end_step", "start_index", "end_index")
 
 
-def write_transitions(path: Path, t) -> None:
-    """Store a Transitions (slt_probe.transitions) as the file's `transitions` group, replacing any earlier one."""
+def write_transitions(path: Path, t, group: str = "transitions") -> None:
+    """Store a Transitions (slt_probe.transitions) as the file's `transitions` group (or `group`, e.g.
+    refined/layer0/transitions for a refined λ̂ curve), replacing any earlier one."""
     from dataclasses import asdict
 
     def fill(g: h5py.Group) -> None:
@@ -382,11 +445,11 @@ def write_transitions(path: Path, t) -> None:
                                           ("dllc", t.dllc_smooth, "dλ̂ / dlog10(step) on the grid")):
             smooth.create_dataset(name, data=np.asarray(values, dtype=np.float64)).attrs["description"] = description
 
-    write_group(path, "transitions", fill)
+    write_group(path, group, fill)
 
 
-def read_transitions(path: Path):
-    """The file's Transitions, or None when detection has not run on it."""
+def read_transitions(path: Path, group: str = "transitions"):
+    """The file's Transitions (of `group`), or None when detection has not run on it."""
     from slt_probe.transitions import Boundary, Spurt, Stage, TransitionConfig, Transitions
 
     def items(g: h5py.Group, cls, fields) -> list:
@@ -395,9 +458,9 @@ def read_transitions(path: Path):
         return [cls(**{k: _decode_attr(v[i]) for k, v in cols.items()}) for i in range(n)]
 
     with h5py.File(path, "r") as f:
-        if "transitions" not in f:
+        if group not in f:
             return None
-        g = f["transitions"]
+        g = f[group]
         try:
             return Transitions(
                 boundaries=items(g["boundaries"], Boundary, BOUNDARY_FIELDS),

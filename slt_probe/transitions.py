@@ -450,12 +450,27 @@ def detect_transitions(
     return Transitions(boundaries, stages, cfg, smoothing, grid, spline(grid), d, notes, found)
 
 
-def transitions_from_results(path, config: Optional[TransitionConfig] = None) -> Transitions:
-    """Detect transitions in a walk's results file (failed checkpoints are left out); does not write."""
-    from slt_probe.store import load_results
+def transitions_from_results(path, config: Optional[TransitionConfig] = None,
+                             refined: Optional[str] = None) -> Transitions:
+    """Detect transitions in a walk's results file (failed checkpoints are left out); does not write.
+
+    refined: the name of a refined λ̂ curve of the file (walk(refine=...)) to detect them in instead; its stages
+    are typed against the model's loss, as the LLC's are.
+    """
+    from slt_probe.store import Refined, load_results
 
     res = load_results(path)
     a = res.arrays
     ok = a["status"] == "ok"
-    llc = np.where(ok, a["llc_mean"], np.nan)
-    return detect_transitions(a["step"], llc, loss=a["init_loss"], llc_per_chain=a["llc_per_chain"], config=config)
+    llc, per_chain = np.where(ok, a["llc_mean"], np.nan), a["llc_per_chain"]
+    if refined is not None:
+        r = Refined.read(path)
+        if r is None or refined not in r.values:
+            raise ValueError(f"no refined λ̂ named {refined!r} (have: {', '.join(r.params) if r else 'none'})")
+        values = r.values[refined]  # step -> its estimate; absent where the checkpoint failed
+        have = [bool(o) and int(s) in values for s, o in zip(a["step"], ok)]
+        llc = np.array([values[int(s)]["llc_mean"] if h else np.nan for s, h in zip(a["step"], have)], dtype=float)
+        per_chain = np.stack([np.asarray(values[int(s)]["llc_per_chain"], dtype=float) if h
+                              else np.full(per_chain.shape[1], np.nan) for s, h in zip(a["step"], have)]) \
+            if len(have) else per_chain
+    return detect_transitions(a["step"], llc, loss=a["init_loss"], llc_per_chain=per_chain, config=config)

@@ -20,10 +20,10 @@ from torch import nn
 
 from slt_probe import store
 from slt_probe.checkpoints import Checkpoint, checkpoint_sha256, discover, load_into, load_state_dict
-from slt_probe.data import Data, LossFn, num_samples, to_device
+from slt_probe.data import Data, LossFn, lm_cross_entropy, num_samples, to_device
 from slt_probe.errors import CheckpointError, InputError
 from slt_probe.llc import LLCResult, estimate_llc
-from slt_probe.sampler import SGLDConfig, resolve_device
+from slt_probe.sampler import FlatModel, SGLDConfig, resolve_device
 
 # Fields of SGLDConfig that may differ between a run and its resume: they change where and how fast it runs,
 # not what it computes. (method is resolved once per walk and stored; see sampling_method.)
@@ -40,7 +40,7 @@ class WalkSummary:
     method: str = ""
 
 
-Event = Callable[..., None]  # on_event(kind, **info); kinds: "start", "skip", "steps", "done"
+Event = Callable[..., None]  # on_event(kind, **info); kinds: "start", "skip", "steps", "done", "refine_failed"
 
 
 class Probe(Protocol):
@@ -124,6 +124,7 @@ def walk(
     overwrite: bool = False,
     on_event: Optional[Event] = None,
     probes: Optional[Probe] = None,
+    refine: Optional[dict[str, str]] = None,
 ) -> WalkSummary:
     """Estimate λ̂ at every checkpoint (in step order) and write them to `out`.
 
@@ -132,6 +133,8 @@ def walk(
     root: the checkpoint folder (paths in the file are relative to it).
     meta: run description stored in the root attributes (command line, model spec, data spec, ...).
     probes: behavioural measurements at each checkpoint (probes.py), stored in the file's `probes` group.
+    refine: {name: regex over parameter names}: at each checkpoint also the refined λ̂ of each such component
+      (config.params, Wang et al. 2024), same settings and seed, stored in the file's `refined` group.
     Raises InputError before any work when `out` holds a different walk (and overwrite is False).
     """
     if isinstance(checkpoints, (str, Path)):  # a folder: every checkpoint in it
@@ -144,6 +147,17 @@ def walk(
     data = to_device(data, device)
 
     attrs = run_attrs(config, device, engine, model, data, meta)
+    refine = dict(refine or {})
+    if (refine or config.params is not None) and engine != "slt":
+        raise InputError("refined LLCs (refine, params) are computed by engine 'slt' only")
+    flat = FlatModel(model, loss_fn or lm_cross_entropy)
+    refined = store.Refined(refine, {}, {name: {} for name in refine})
+    for name, pattern in refine.items():
+        try:
+            refined.num_params[name] = int(flat.mask(pattern).sum())
+        except ValueError as e:
+            raise InputError(f"refine {name}: {e}") from None
+    del flat
     rows: dict[int, dict[str, Any]] = {}
     probe_values: dict[int, dict[str, Any]] = {}
     method = None
@@ -159,6 +173,13 @@ def walk(
         rows = {r["step"]: r for r in old_rows}
         old_probes = store.Probes.read(out) if probes is not None else None
         probe_values = old_probes.values if old_probes else {}
+        old_refined = store.Refined.read(out) if refine else None
+        for name, pattern in (old_refined.params if old_refined else {}).items():
+            if name not in refine:  # not asked for this time: kept as it is
+                refined.params[name], refined.num_params[name] = pattern, old_refined.num_params[name]
+                refined.values[name] = old_refined.values[name]
+            elif refine[name] == pattern:  # the same component: its rows so far are reused
+                refined.values[name] = old_refined.values[name]
     store.remove_stale_temporaries(out)
 
     if engine == "devinterp":
@@ -170,9 +191,25 @@ def walk(
     attrs["method"] = method
     run_config = replace(config, method=method) if engine == "slt" else config
 
-    def save() -> None:  # the whole file, atomically: rows so far and their probes
+    def save() -> None:  # the whole file, atomically: rows so far, their probes and refined λ̂
         store.write(out, attrs, list(rows.values()), config.chains, config.draws, config.burnin,
-                    probes=store.Probes(probes.info, probe_values) if probes is not None else None)
+                    probes=store.Probes(probes.info, probe_values) if probes is not None else None,
+                    refined=refined if refine else None)
+
+    def estimate_refined(step: int, only_missing: bool = False) -> None:
+        """The refined λ̂ of each component at the model's current weights (one row each; NaN where it fails)."""
+        for name, pattern in refine.items():
+            if only_missing and step in refined.values[name]:
+                continue
+            try:
+                r = estimate_llc(model, data, loss_fn=loss_fn, config=replace(run_config, params=pattern))
+                value = {"llc_mean": r.llc_mean, "llc_se": r.llc_se, "verdict": r.verdict,
+                         "llc_per_chain": np.asarray(r.llc_per_chain, dtype=np.float64)}
+            except (ValueError, RuntimeError) as e:  # the forward pass failed on these weights: the row says so
+                value = {"llc_mean": float("nan"), "llc_se": float("nan"), "verdict": "fail",
+                         "llc_per_chain": np.full(config.chains, np.nan)}
+                emit("refine_failed", step=step, component=name, message=first_line(e))
+            refined.values[name][step] = value
 
     summary = WalkSummary(out=out, total=len(checkpoints), method=method)
     for i, ckpt in enumerate(checkpoints):
@@ -186,9 +223,13 @@ def walk(
             error = None
         old = rows.get(ckpt.step)
         if error is None and old is not None and old["status"] == "ok" and old["sha256"] == sha:
-            if probes is not None and ckpt.step not in probe_values:  # done before without probes: add them
+            missing_probes = probes is not None and ckpt.step not in probe_values
+            missing_refined = any(ckpt.step not in refined.values[name] for name in refine)
+            if missing_probes or missing_refined:  # done before without them: add them
                 load_into(model, load_state_dict(ckpt, device), source=str(ckpt.path))
-                probe_values[ckpt.step] = _measure(probes, model)
+                if missing_probes:
+                    probe_values[ckpt.step] = _measure(probes, model)
+                estimate_refined(ckpt.step, only_missing=True)
                 save()
             summary.skipped += 1
             emit("skip", index=i, checkpoint=ckpt, row=old)
@@ -204,6 +245,7 @@ def walk(
                 result = estimate_llc(model, data, loss_fn=loss_fn, config=run_config, engine=engine,
                                       progress=lambda done, total: emit("steps", done=done, total=total))
                 fill_row(row, result)
+                estimate_refined(ckpt.step)
             except CheckpointError as e:
                 error = str(e)
             except (ValueError, RuntimeError, TypeError, IndexError) as e:  # the forward pass failed on these weights

@@ -31,3 +31,13 @@ def test_the_quick_demo_runs_the_whole_pipeline(tmp_path):
     assert isinstance(report["spurts"], list) and isinstance(report["boundaries"], list)
     with h5py.File(out / "results.h5", "r") as f:
         assert "spurts" in f["transitions"]
+    # the refined λ̂ of each layer's heads, with its transitions, and each probe read against its best head's layer
+    refined = slt_probe.store.Refined.read(out / "results.h5")
+    assert set(refined.params) == {"layer0", "layer1"}
+    for name in ("layer0", "layer1"):
+        assert sorted(refined.values[name]) == list(res.table.step)
+        assert slt_probe.store.read_transitions(out / "results.h5", f"refined/{name}/transitions") is not None
+    assert set(report["refined"]) == {"layer0", "layer1"}
+    assert set(report["aligned_refined"]) == {"prev_token", "prefix_matching"}
+    assert all(r["component"] in ("layer0", "layer1") for r in report["aligned_refined"].values())
+    assert "refined λ̂ of layer0" in result.output

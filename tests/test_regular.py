@@ -9,8 +9,11 @@ h ≈ nβ/2 + γ in every direction. For this Gaussian target everything is know
 
 import math
 
-from potentials import describe, linear_regression_problem, run_case
+import pytest
+import torch
+from potentials import describe, linear_regression_problem, run_case, sgld_config
 
+from slt_probe import estimate_llc
 from slt_probe.theory import regular_learning_coefficient
 
 SEED = 0
@@ -39,4 +42,39 @@ def test_full_rank_linear_regression_lambda_is_half_the_parameter_count():
     assert math.isfinite(result.llc_mean)
     assert result.diagnostics.chains_ok == HP["chains"]
     assert abs(result.llc_mean - lam) <= 0.10 * lam, f"λ̂ {result.llc_mean:.4f} not within 10% of d/2 = {lam}"
+    assert result.verdict != "fail", result.diagnostics.reasons
+
+
+class SplitRegression(torch.nn.Module):
+    """The same W, held as two parameters: rows 0-1 (`a`) and rows 2-3 (`b`)."""
+
+    def __init__(self, w_star: torch.Tensor):
+        super().__init__()
+        W = w_star.view(D_OUT, D_IN)
+        self.a = torch.nn.Parameter(W[:2].clone())
+        self.b = torch.nn.Parameter(W[2:].clone())
+
+
+def test_the_refined_llc_of_half_the_weights_is_half_their_count():
+    """Sampling only `a` (6 of the 12 weights; b stays at W*): the loss is still quadratic in a with a positive
+    definite Hessian, so the refined λ (Wang et al. 2024) is 6/2 = 3, the closed form for d = 6."""
+    point, data, _ = linear_regression_problem(D_OUT, D_IN, seed=SEED)
+    model = SplitRegression(point.w.detach())
+
+    def loss_fn(m, batch):
+        xb, yb = batch  # [B, d_in], [B, d_out]
+        return (xb @ torch.cat([m.a, m.b]).T - yb).square().mean()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = estimate_llc(model, data, loss_fn=loss_fn, config=sgld_config(SEED, **HP, params=r"^a$"))
+        with pytest.raises(ValueError, match="matches none of the model's parameters"):
+            estimate_llc(model, data, loss_fn=loss_fn, config=sgld_config(SEED, **HP, params="^c$"))
+    finally:
+        torch.set_num_threads(threads)
+    lam = regular_learning_coefficient(6)
+    print("\n" + describe("linear regression, refined to 6 of 12 weights", lam, result))
+    assert result.num_params == 6
+    assert abs(result.llc_mean - lam) <= 0.10 * lam, f"λ̂ {result.llc_mean:.4f} not within 10% of 6/2 = {lam}"
     assert result.verdict != "fail", result.diagnostics.reasons

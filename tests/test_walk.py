@@ -402,3 +402,60 @@ def test_probes_are_stored_by_step_and_survive_a_resume(run):
     with h5py.File(run / "p.h5", "r") as f:
         assert f["probes/embed_mean"].attrs["label"] == "mean embedding weight"
         assert f["probes/heads/per_head"].shape == (4, 2, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# refined λ̂ (Wang et al. 2024): a component's parameters sampled, the rest held at w*
+
+
+def test_a_walk_stores_the_refined_llc_of_each_component_and_its_transitions(run):
+    code, out = invoke(*walk_args(run, "r.h5", "--refine", r"layer0=^blocks\.0\.", "--refine", r"layer1=^blocks\.1\.",
+                                  quiet=False))
+    assert code == 0, out
+    assert "refined λ̂ of layer0" in out
+    refined = store.Refined.read(run / "r.h5")
+    assert refined.params == {"layer0": r"^blocks\.0\.", "layer1": r"^blocks\.1\."}
+    assert refined.num_params == {"layer0": 4 * 16 * 16, "layer1": 4 * 16 * 16}  # qkv 16x48 + out 16x16 per layer
+    res = slt_probe.load_results(run / "r.h5")
+    for name in ("layer0", "layer1"):
+        values = refined.values[name]
+        assert sorted(values) == STEPS
+        llc = np.array([values[s]["llc_mean"] for s in STEPS])
+        assert np.isfinite(llc).all() and np.all(np.array([values[s]["llc_per_chain"].shape for s in STEPS]) == [2])
+        # a part of the model is sampled: its λ̂ is below the whole model's at the trained checkpoints
+        assert (llc[1:] < res.table.llc_mean.to_numpy()[1:]).all(), (name, llc, res.table.llc_mean)
+        assert store.read_transitions(run / "r.h5", f"refined/{name}/transitions") is not None
+    with h5py.File(run / "r.h5") as f:
+        assert "description" in f["refined"].attrs and f["refined/layer0"].attrs["params"] == r"^blocks\.0\."
+        for ds in f["refined/layer1"].values():
+            if isinstance(ds, h5py.Dataset):
+                assert ds.attrs["description"]
+
+    # a rerun skips everything; a new component is added to the finished rows, the others are kept
+    code, out = invoke(*walk_args(run, "r.h5", "--refine", r"layer0=^blocks\.0\.", "--refine", "embed=^embed\\."))
+    assert code == 0, out
+    refined2 = store.Refined.read(run / "r.h5")
+    assert sorted(refined2.values["embed"]) == STEPS and set(refined2.params) == {"layer0", "layer1", "embed"}
+    assert refined2.values["layer0"][20]["llc_mean"] == refined.values["layer0"][20]["llc_mean"]
+
+
+def test_refine_errors_are_one_line_and_name_the_problem(run):
+    code, out = invoke(*walk_args(run, "r.h5", "--refine", "layer0"))
+    assert code == 2 and "NAME=REGEX" in one_line_error(out)
+    code, out = invoke(*walk_args(run, "r.h5", "--refine", "x=^nothing"))
+    assert code == 2 and "refine x" in one_line_error(out) and "matches none" in one_line_error(out)
+    code, out = invoke(*walk_args(run, "r.h5", "--params", "(unclosed"))
+    assert code == 2 and "regular expression" in one_line_error(out)
+    assert not (run / "r.h5").exists()
+
+
+def test_transitions_of_a_refined_curve_from_the_command_line(run):
+    code, out = invoke(*walk_args(run, "r.h5", "--refine", r"layer0=^blocks\.0\.", "--no-transitions"))
+    assert code == 0, out
+    code, out = invoke("transitions", run / "r.h5", "--refined", "layer0", "--resamples", "20", "--json")
+    assert code == 0, out
+    assert "stages" in json.loads(out)
+    assert store.read_transitions(run / "r.h5", "refined/layer0/transitions") is not None
+    assert store.read_transitions(run / "r.h5") is None  # the whole model's were not asked for
+    code, out = invoke("transitions", run / "r.h5", "--refined", "layer9")
+    assert code == 2 and "no refined λ̂ named 'layer9' (have: layer0)" in one_line_error(out)
