@@ -38,6 +38,10 @@ def main():
         if ok.sum() >= 2:
             i = int(np.argmax(np.abs(np.diff(llc[ok]))))
             print(f"largest change in λ̂: step {step[ok][i]} → {step[ok][i + 1]} ({llc[ok][i]:.2f} → {llc[ok][i + 1]:.2f})")
+        # refined λ̂ (walk --refine NAME=REGEX): one subgroup per component, keyed by its own step dataset
+        for name, g in f.get("refined", {}).items():
+            print(f"refined λ̂ of {name} ({g.attrs['params']}, {g.attrs['num_params']} parameters): "
+                  + ", ".join(f"{s}: {v:.2f}" for s, v in zip(g["step"][:], g["llc_mean"][:])))
 
     # 3. xarray, labelled by step (xarray comes with devinterp)
     import xarray as xr

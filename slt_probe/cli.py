@@ -692,7 +692,7 @@ def demo(
         typer.echo(f"  {flagged(report.aligned[name], 'λ̂ of the whole model')}")
         if name in report.aligned_refined:
             r = report.aligned_refined[name]
-            typer.echo(f"  {flagged(r['transition'], 'refined λ̂ of ' + r['component'] + ', its best head')}")
+            typer.echo(f"  {flagged(r['transition'], 'refined λ̂ of ' + r['component'] + ' (its best head at the onset)')}")
     for s in report.stages:
         typer.echo(f"  stage {s['start_step']:>6} → {s['end_step']:<6} type {s['type']:<5}"
                    f" Δλ̂ {s['dllc']:+.2f}  Δloss {s['dloss']:+.3f}{'  hidden' if s['hidden'] else ''}")

@@ -6,7 +6,8 @@ Along the way previous-token heads form and then induction heads; the question i
 changes of internal structure (Hoogland et al. 2024) where the behavioural probes say they happen. Beside the
 LLC of the whole model, the walk measures the refined LLC of each layer's heads (only that layer's attention
 weights sampled; Wang et al. 2024): n-gram learning keeps the whole model's λ̂ climbing while the heads form,
-and a layer's own λ̂ separates what happens in it. Each probe is read against the layer of its best head.
+and a layer's own λ̂ separates what happens in it. Each probe is read against the layer of its best head at
+its onset.
 """
 
 from __future__ import annotations
@@ -98,8 +99,8 @@ class DemoReport:
     aligned: dict[str, Optional[dict]]
     # component -> its refined λ̂'s {"params", "boundaries", "spurts", "stages"} (as above)
     refined: dict[str, dict]
-    # probe -> {"component": the layer of its best head at the end, "transition": as `aligned`, in that
-    # layer's refined λ̂, or None}
+    # probe -> {"component": the layer of its best head at the onset, "transition": as `aligned`, in that
+    # layer's refined λ̂, or None}; only probes with an onset
     aligned_refined: dict[str, dict]
     seconds: dict[str, float]
     steps: list[int]
@@ -163,9 +164,13 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     refined = {name: {"params": pattern, **_summary(found[name])} for name, pattern in cfg.components().items()}
     aligned_refined = {}
     for name, at in onsets.items():
-        # the layer of the best head at the end: where the probe says these heads live
-        final = np.mean([pv[s][f"{name}_heads"] for s in steps[-3:]], axis=0)  # [layer, head]
-        component = f"layer{int(np.unravel_index(np.nanargmax(final), final.shape)[0])}"
+        if at is None:
+            continue
+        # the layer of the best head at the onset: the head whose rise the onset marks. Not the best one at the
+        # end: heads take over from each other (a layer-1 head can lead the previous-token score early and a
+        # layer-0 one, part of the induction circuit, later)
+        heads = np.asarray(pv[at][f"{name}_heads"])  # [layer, head]
+        component = f"layer{int(np.unravel_index(np.nanargmax(heads), heads.shape)[0])}"
         if component in refined:
             aligned_refined[name] = {"component": component, "transition": _near(refined[component], at, index)}
     out = DemoReport(out_dir=out_dir, results=results, plot=png, onsets=onsets, onsets_halfway=halfway,

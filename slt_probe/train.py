@@ -45,7 +45,8 @@ VOCAB = 256  # bytes
 
 @dataclass
 class TrainConfig:
-    # The defaults are the demo: on one CPU thread it trains in ~100 s and walks (28 checkpoints) in ~105 s;
+    # The defaults are the demo: on one CPU thread it trains in ~100 s and walks (28 checkpoints, the LLC and two
+    # refined LLCs each) in ~300 s;
     # previous-token heads form around step 300-700 and induction heads around 3-6k (probes.py).
     # model: attn_only(**model_kwargs()); no MLPs, no LayerNorm (models/attn_only.py)
     d_model: int = 64
