@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -25,7 +24,7 @@ from torch import nn
 from slt_probe.data import (Data, LossFn, as_tuple, batch_schedule, check_lm_tokens, lm_cross_entropy, num_samples,
                              take, to_device)
 from slt_probe.diagnostics import Diagnostics, diagnose
-from slt_probe.sampler import ChainTrace, FlatModel, SGLDConfig, resolve_device, run_chains
+from slt_probe.sampler import ChainTrace, SGLDConfig, count_params, resolve_device, run_chains
 
 
 @dataclass
@@ -177,11 +176,7 @@ def sample(
         p.requires_grad_(False)  # gradients come from torch.func, never from .grad
     data = to_device(data, device)
     n = num_samples(data)
-    # the parameters sampled: all, or those config.params selects (a refined LLC's d)
-    num_params = sum(p.numel() for n, p in work.named_parameters()
-                     if config.params is None or re.search(config.params, n))
-    if num_params == 0:
-        FlatModel(work, loss_fn).mask(config.params)  # raises, naming the parameters
+    num_params = count_params(work, config.params)  # all, or those config.params selects (a refined LLC's d)
 
     # Minibatches depend on the seed alone: every chain and every checkpoint sees the same sequence.
     schedule = batch_schedule(n, config.batch_size, config.steps, config.seed, config.mala_period).to(device)  # [T, B]

@@ -125,6 +125,22 @@ class _Objective(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
+def select_params(names: list[str], pattern: str) -> list[bool]:
+    """Which of the model's parameter names `pattern` selects (re.search); ValueError naming them when none."""
+    keep = [re.search(pattern, name) is not None for name in names]
+    if not any(keep):
+        raise ValueError(f"params {pattern!r} matches none of the model's parameters ({', '.join(names[:8])}"
+                         f"{', ...' if len(names) > 8 else ''})")
+    return keep
+
+
+def count_params(model: nn.Module, pattern: Optional[str] = None) -> int:
+    """The number of parameters sampled: all of them, or those `pattern` selects (a refined LLC's d)."""
+    named = list(model.named_parameters())
+    keep = select_params([n for n, _ in named], pattern) if pattern is not None else [True] * len(named)
+    return sum(p.numel() for (_, p), k in zip(named, keep) if k)
+
+
 class FlatModel:
     """A model's parameters as one flat vector [D], and the loss as a function of that vector."""
 
@@ -139,15 +155,10 @@ class FlatModel:
         self.w0 = torch.cat([p.detach().reshape(-1) for _, p in named])  # [D]
 
     def mask(self, pattern: Optional[str]) -> Optional[torch.Tensor]:
-        """[D] 1.0 on the parameters whose names match `pattern` (re.search, without the "model." prefix), else 0.0;
-        None when every parameter is sampled. ValueError naming the parameters when nothing matches."""
+        """[D] 1.0 on the parameters select_params(pattern) keeps, else 0.0; None when every parameter is sampled."""
         if pattern is None:
             return None
-        keep = [re.search(pattern, name.removeprefix("model.")) is not None for name in self.names]
-        if not any(keep):
-            names = ", ".join(n.removeprefix("model.") for n in self.names[:8])
-            raise ValueError(f"params {pattern!r} matches none of the model's parameters ({names}"
-                             f"{', ...' if len(self.names) > 8 else ''})")
+        keep = select_params([n.removeprefix("model.") for n in self.names], pattern)
         return torch.cat([torch.full((n,), float(k), dtype=self.w0.dtype, device=self.w0.device)
                           for n, k in zip(self.numels, keep)])
 

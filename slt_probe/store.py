@@ -244,9 +244,8 @@ class Refined:
                 params[name] = str(_decode_attr(sub.attrs["params"]))
                 num_params[name] = int(sub.attrs.get("num_params", 0))
                 cols = {k: (sub[k].asstr()[...] if k == "verdict" else sub[k][...]) for k in REFINED_FIELDS}
-                values[name] = {int(s): {k: (cols[k][i] if k == "llc_per_chain" else cols[k][i].item()
-                                             if hasattr(cols[k][i], "item") else cols[k][i])
-                                         for k in REFINED_FIELDS if k != "step"}
+                values[name] = {int(s): {"llc_mean": float(cols["llc_mean"][i]), "llc_se": float(cols["llc_se"][i]),
+                                         "llc_per_chain": cols["llc_per_chain"][i], "verdict": str(cols["verdict"][i])}
                                 for i, s in enumerate(cols["step"])}
         return Refined(params, num_params, values)
 

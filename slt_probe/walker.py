@@ -20,10 +20,10 @@ from torch import nn
 
 from slt_probe import store
 from slt_probe.checkpoints import Checkpoint, checkpoint_sha256, discover, load_into, load_state_dict
-from slt_probe.data import Data, LossFn, lm_cross_entropy, num_samples, to_device
+from slt_probe.data import Data, LossFn, num_samples, to_device
 from slt_probe.errors import CheckpointError, InputError
 from slt_probe.llc import LLCResult, estimate_llc
-from slt_probe.sampler import FlatModel, SGLDConfig, resolve_device
+from slt_probe.sampler import SGLDConfig, count_params, resolve_device
 
 # Fields of SGLDConfig that may differ between a run and its resume: they change where and how fast it runs,
 # not what it computes. (method is resolved once per walk and stored; see sampling_method.)
@@ -150,14 +150,12 @@ def walk(
     refine = dict(refine or {})
     if (refine or config.params is not None) and engine != "slt":
         raise InputError("refined LLCs (refine, params) are computed by engine 'slt' only")
-    flat = FlatModel(model, loss_fn or lm_cross_entropy)
     refined = store.Refined(refine, {}, {name: {} for name in refine})
     for name, pattern in refine.items():
         try:
-            refined.num_params[name] = int(flat.mask(pattern).sum())
+            refined.num_params[name] = count_params(model, pattern)
         except ValueError as e:
             raise InputError(f"refine {name}: {e}") from None
-    del flat
     rows: dict[int, dict[str, Any]] = {}
     probe_values: dict[int, dict[str, Any]] = {}
     method = None
