@@ -150,12 +150,17 @@ def walk(
     refine = dict(refine or {})
     if (refine or config.params is not None) and engine != "slt":
         raise InputError("refined LLCs (refine, params) are computed by engine 'slt' only")
-    refined = store.Refined(refine, {}, {name: {} for name in refine})
-    for name, pattern in refine.items():
+
+    def selected(pattern: str, what: str) -> int:  # a pattern that selects nothing fails now, not per checkpoint
         try:
-            refined.num_params[name] = count_params(model, pattern)
+            return count_params(model, pattern)
         except ValueError as e:
-            raise InputError(f"refine {name}: {e}") from None
+            raise InputError(f"{what}: {e}") from None
+
+    if config.params is not None:
+        selected(config.params, "--params")
+    refined = store.Refined(refine, {name: selected(p, f"refine {name}") for name, p in refine.items()},
+                            {name: {} for name in refine})
     rows: dict[int, dict[str, Any]] = {}
     probe_values: dict[int, dict[str, Any]] = {}
     method = None

@@ -446,6 +446,8 @@ def test_refine_errors_are_one_line_and_name_the_problem(run):
     assert code == 2 and "refine x" in one_line_error(out) and "matches none" in one_line_error(out)
     code, out = invoke(*walk_args(run, "r.h5", "--params", "(unclosed"))
     assert code == 2 and "regular expression" in one_line_error(out)
+    code, out = invoke(*walk_args(run, "r.h5", "--params", "^nothing"))
+    assert code == 2 and "--params: params '^nothing' matches none" in one_line_error(out)
     assert not (run / "r.h5").exists()
 
 
