@@ -253,7 +253,7 @@ def walk(
             label = "λ̂" if name is None else f"refined λ̂ of {name}"
             try:
                 t = transitions_from_results(out, refined=name)
-                write_transitions(out, t, "transitions" if name is None else f"refined/{name}/transitions")
+                write_transitions(out, t, refined=name)
             except ValueError as e:  # too few checkpoints, one chain: the walk itself is fine
                 console.print(f"transitions in {label}: not detected ({e})", highlight=False, markup=False)
                 continue
@@ -461,7 +461,7 @@ def transitions(
                                 spurt_drop=spurt_drop, spurt_k_se=spurt_k_se,
                                 resamples=resamples, min_confidence=min_confidence, seed=seed)
         t = transitions_from_results(results, cfg, refined=refined)
-        write_transitions(results, t, "transitions" if refined is None else f"refined/{refined}/transitions")
+        write_transitions(results, t, refined=refined)
     except (OSError, ValueError) as e:
         fail(f"{results}: {e}", debug)
     if as_json:

@@ -113,6 +113,7 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
              progress: Optional[Progress] = None) -> DemoReport:
     """Train, walk with probes, detect transitions, plot; everything under out_dir, one results file."""
     cfg = config or DemoConfig()
+    components = cfg.components()  # refined LLCs: name -> regex over parameter names
     out_dir = Path(out_dir)
     report = out_dir / "report.json"
     emit = progress or (lambda phase, done, total: None)
@@ -133,7 +134,7 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     torch.set_num_threads(cfg.threads)
     try:
         walk(ckpts, results, model=build_model(cfg.train), data=data, config=cfg.sgld, root=run, overwrite=True,
-             probes=InductionProbe(probe_tokens, icl), refine=cfg.components(),
+             probes=InductionProbe(probe_tokens, icl), refine=components,
              meta={"command": "slt-probe demo", "model": {"spec": "models/attn_only.py:attn_only",
                                                             "kwargs": cfg.train.model_kwargs()},
                    "data": {"path": str(run / "data.npy"), "format": "npy"}, "demo": json.dumps(asdict(cfg.train))},
@@ -146,9 +147,9 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     t = transitions_from_results(results)
     write_transitions(results, t)
     found = {}  # component -> its refined λ̂'s transitions
-    for name in cfg.components():
+    for name in components:
         found[name] = transitions_from_results(results, refined=name)
-        write_transitions(results, found[name], f"refined/{name}/transitions")
+        write_transitions(results, found[name], refined=name)
     png = plot_results(results, out_dir / "curves.png", title="the induction bump: λ̂ over training")
     seconds["transitions_and_plot"] = time.perf_counter() - start
 
@@ -161,7 +162,7 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     index = {s: i for i, s in enumerate(res.table.step.tolist())}
     summary = _summary(t)
     aligned = {name: _near(summary, at, index) for name, at in onsets.items()}
-    refined = {name: {"params": pattern, **_summary(found[name])} for name, pattern in cfg.components().items()}
+    refined = {name: {"params": pattern, **_summary(found[name])} for name, pattern in components.items()}
     aligned_refined = {}
     for name, at in onsets.items():
         if at is None:

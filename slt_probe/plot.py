@@ -110,19 +110,18 @@ def _read_extras(path: Path, step: np.ndarray) -> tuple[Optional[dict], list[tup
 
 def _read_refined(path: Path, step: np.ndarray) -> list[dict]:
     """The refined λ̂ curves: [{name, params, llc, se (aligned with the rows), smooth_x, smooth_y, spurts}]."""
-    from slt_probe.store import Refined
+    from slt_probe.store import Refined, transitions_group
 
     refined = Refined.read(path)
     if refined is None:
         return []
     out = []
     with h5py.File(path, "r") as f:
-        for name, values in refined.values.items():
-            llc = np.array([values[int(s)]["llc_mean"] if int(s) in values else np.nan for s in step], dtype=float)
-            se = np.array([values[int(s)]["llc_se"] if int(s) in values else np.nan for s in step], dtype=float)
-            curve = {"name": name, "params": refined.params[name], "llc": llc, "se": se, "smooth_x": None,
-                     "smooth_y": None, "spurts": {}}
-            t = f.get(f"refined/{name}/transitions")
+        for name in refined.values:
+            c = refined.curve(name, step)
+            curve = {"name": name, "params": refined.params[name], "llc": c["llc_mean"], "se": c["llc_se"],
+                     "smooth_x": None, "smooth_y": None, "spurts": {}}
+            t = f.get(transitions_group(name))
             if isinstance(t, h5py.Group) and isinstance(t.get("smooth"), h5py.Group):
                 smooth = _read_columns(t["smooth"])
                 if len(smooth.get("log_step", [])):

@@ -234,6 +234,17 @@ class Refined:
                 ds = sub.create_dataset(field, data=data, dtype=_STR if field == "verdict" else None)
                 ds.attrs["description"] = description
 
+    def curve(self, name: str, steps) -> dict[str, np.ndarray]:
+        """Component `name`'s llc_mean, llc_se [K] and llc_per_chain [K, chains] along `steps`; NaN at steps
+        it has no estimate for (a checkpoint that failed)."""
+        values = self.values[name]
+        chains = next((len(v["llc_per_chain"]) for v in values.values()), 0)
+        have = [int(s) in values for s in steps]
+        col = lambda k: np.array([values[int(s)][k] if h else np.nan for s, h in zip(steps, have)], dtype=float)  # noqa: E731
+        per_chain = np.array([np.asarray(values[int(s)]["llc_per_chain"], dtype=float) if h else np.full(chains, np.nan)
+                              for s, h in zip(steps, have)], dtype=float).reshape(len(have), chains)
+        return {"llc_mean": col("llc_mean"), "llc_se": col("llc_se"), "llc_per_chain": per_chain}
+
     @staticmethod
     def read(path: Path) -> Optional["Refined"]:
         with h5py.File(path, "r") as f:
@@ -416,9 +427,14 @@ SPURT_FIELDS = {
 _INT_FIELDS = ("step", "index", "start_step", "end_step", "start_index", "end_index")
 
 
-def write_transitions(path: Path, t, group: str = "transitions") -> None:
-    """Store a Transitions (slt_probe.transitions) as the file's `transitions` group (or `group`, e.g.
-    refined/layer0/transitions for a refined λ̂ curve), replacing any earlier one."""
+def transitions_group(refined: Optional[str] = None) -> str:
+    """Where a curve's transitions live: `transitions` for the LLC, `refined/<name>/transitions` for a refined λ̂."""
+    return "transitions" if refined is None else f"refined/{refined}/transitions"
+
+
+def write_transitions(path: Path, t, refined: Optional[str] = None) -> None:
+    """Store a Transitions (slt_probe.transitions) as the file's `transitions` group, or as that of the refined
+    λ̂ curve `refined`, replacing any earlier one."""
     from dataclasses import asdict
 
     def fill(g: h5py.Group) -> None:
@@ -444,11 +460,12 @@ def write_transitions(path: Path, t, group: str = "transitions") -> None:
                                           ("dllc", t.dllc_smooth, "dλ̂ / dlog10(step) on the grid")):
             smooth.create_dataset(name, data=np.asarray(values, dtype=np.float64)).attrs["description"] = description
 
-    write_group(path, group, fill)
+    write_group(path, transitions_group(refined), fill)
 
 
-def read_transitions(path: Path, group: str = "transitions"):
-    """The file's Transitions (of `group`), or None when detection has not run on it."""
+def read_transitions(path: Path, refined: Optional[str] = None):
+    """The file's Transitions (of the refined λ̂ curve `refined`), or None when detection has not run on it."""
+    group = transitions_group(refined)
     from slt_probe.transitions import Boundary, Spurt, Stage, TransitionConfig, Transitions
 
     def items(g: h5py.Group, cls, fields) -> list:

@@ -467,10 +467,6 @@ def transitions_from_results(path, config: Optional[TransitionConfig] = None,
         r = Refined.read(path)
         if r is None or refined not in r.values:
             raise ValueError(f"no refined λ̂ named {refined!r} (have: {', '.join(r.params) if r else 'none'})")
-        values = r.values[refined]  # step -> its estimate; absent where the checkpoint failed
-        have = [bool(o) and int(s) in values for s, o in zip(a["step"], ok)]
-        llc = np.array([values[int(s)]["llc_mean"] if h else np.nan for s, h in zip(a["step"], have)], dtype=float)
-        per_chain = np.stack([np.asarray(values[int(s)]["llc_per_chain"], dtype=float) if h
-                              else np.full(per_chain.shape[1], np.nan) for s, h in zip(a["step"], have)]) \
-            if len(have) else per_chain
+        curve = r.curve(refined, a["step"])
+        llc, per_chain = np.where(ok, curve["llc_mean"], np.nan), curve["llc_per_chain"]
     return detect_transitions(a["step"], llc, loss=a["init_loss"], llc_per_chain=per_chain, config=config)

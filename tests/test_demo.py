@@ -36,7 +36,7 @@ def test_the_quick_demo_runs_the_whole_pipeline(tmp_path):
     assert set(refined.params) == {"layer0", "layer1"}
     for name in ("layer0", "layer1"):
         assert sorted(refined.values[name]) == list(res.table.step)
-        assert slt_probe.store.read_transitions(out / "results.h5", f"refined/{name}/transitions") is not None
+        assert slt_probe.store.read_transitions(out / "results.h5", refined=name) is not None
     assert set(report["refined"]) == {"layer0", "layer1"}
     assert set(report["aligned_refined"]) <= {name for name, at in report["onsets"].items() if at is not None}
     assert all(r["component"] in ("layer0", "layer1") for r in report["aligned_refined"].values())

@@ -424,7 +424,7 @@ def test_a_walk_stores_the_refined_llc_of_each_component_and_its_transitions(run
         assert np.isfinite(llc).all() and np.all(np.array([values[s]["llc_per_chain"].shape for s in STEPS]) == [2])
         # a part of the model is sampled: its λ̂ is below the whole model's at the trained checkpoints
         assert (llc[1:] < res.table.llc_mean.to_numpy()[1:]).all(), (name, llc, res.table.llc_mean)
-        assert store.read_transitions(run / "r.h5", f"refined/{name}/transitions") is not None
+        assert store.read_transitions(run / "r.h5", refined=name) is not None
     with h5py.File(run / "r.h5") as f:
         assert "description" in f["refined"].attrs and f["refined/layer0"].attrs["params"] == r"^blocks\.0\."
         for ds in f["refined/layer1"].values():
@@ -457,7 +457,7 @@ def test_transitions_of_a_refined_curve_from_the_command_line(run):
     code, out = invoke("transitions", run / "r.h5", "--refined", "layer0", "--resamples", "20", "--json")
     assert code == 0, out
     assert "stages" in json.loads(out)
-    assert store.read_transitions(run / "r.h5", "refined/layer0/transitions") is not None
+    assert store.read_transitions(run / "r.h5", refined="layer0") is not None
     assert store.read_transitions(run / "r.h5") is None  # the whole model's were not asked for
     code, out = invoke("transitions", run / "r.h5", "--refined", "layer9")
     assert code == 2 and "no refined λ̂ named 'layer9' (have: layer0)" in one_line_error(out)
