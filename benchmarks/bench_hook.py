@@ -3,7 +3,7 @@
     python benchmarks/bench_hook.py                                  # the demo: 2000 steps, ~30 measurements
     python benchmarks/bench_hook.py --steps 500 --draws 20 --burnin 10    # a quicker look
 
-The demo model: the 2-layer attention-only transformer of models/attn_only.py (d_model 64, 4 heads, ctx 128,
+The demo model: the 2-layer attention-only transformer of slt_probe/demo/model.py (d_model 64, 4 heads, ctx 128,
 vocab 256; 74k parameters), AdamW (lr 3e-3), batch 32, on random tokens where half the sequences repeat
 their first half (something for induction heads to learn). The hook measures λ̂ at ~30 log-spaced steps
 (log_schedule) on 2048 held-out sequences, with SGLDConfig's defaults but chains 4 x draws 100. What either
@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 
 from slt_probe import SGLDConfig
-from slt_probe.data import lm_cross_entropy
+from slt_probe.engine.data import lm_cross_entropy
 from bench_llc import load_attn_only  # benchmarks/ is on sys.path when a script there runs
-from slt_probe.hook import LLCHook, log_schedule
+from slt_probe.runs.hook import LLCHook, log_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = dict(vocab_size=256, n_ctx=128, d_model=64, n_heads=4, n_layers=2)

@@ -15,29 +15,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import math
-import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
 from slt_probe import SGLDConfig, estimate_llc
-from slt_probe.data import lm_cross_entropy, take
-from slt_probe.reference import deep_linear_network, mse
+from slt_probe.demo.model import attn_only
+from slt_probe.engine.data import lm_cross_entropy, take
+from slt_probe.engine.dln import deep_linear_network, mse
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_attn_only():
-    spec = importlib.util.spec_from_file_location("attn_only", ROOT / "models" / "attn_only.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["attn_only"] = module
-    spec.loader.exec_module(module)
-    return module.attn_only
+    """The demo's attention-only transformer factory (models/attn_only.py points at the same code)."""
+    return attn_only
 
 
 def sync(device):

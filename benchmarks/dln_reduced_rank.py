@@ -3,7 +3,7 @@
     python benchmarks/dln_reduced_rank.py                       # default configs, ~2 min on 1 CPU core
     python benchmarks/dln_reduced_rank.py --configs "8,8,8;8,4,8" --ranks 1,2 --layer all
 
-Setting as tests/test_dln.py (Furman & Lau 2024, arXiv 2402.03698): y = W_L ... W_1 x noiseless from the
+Setting as tests/validation/test_dln.py (Furman & Lau 2024, arXiv 2402.03698): y = W_L ... W_1 x noiseless from the
 true parameter, x uniform in [-10, 10]^H_0, MSE (mean over batch and output units), n = 1e5, nβ = n/log n,
 ε = 5e-7, γ = 1, batch 500. Every layer is a Haar-random (semi-)orthogonal matrix, then ONE layer is
 truncated to rank r by SVD (its top r singular directions kept), so the true product has rank r and the
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from slt_probe.llc import estimate_llc
-from slt_probe.reference import mse
-from slt_probe.sampler import SGLDConfig
-from slt_probe.theory import dln_learning_coefficient, dln_parameter_count
+from slt_probe.engine.estimate import estimate_llc
+from slt_probe.engine.dln import mse
+from slt_probe.engine.sampler import SGLDConfig
+from slt_probe.engine.closed_forms import dln_learning_coefficient, dln_parameter_count
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = "8,8,8;5,12,10;8,4,8;10,8,12,6;6,9,7,10,8"

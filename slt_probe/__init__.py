@@ -1,14 +1,18 @@
-"""slt-probe: local learning coefficient (LLC) estimation over training checkpoints."""
+"""slt-probe: local learning coefficient (LLC) estimation over training checkpoints.
+
+The package is layered, each layer importing only those before it (docs/architecture.md):
+engine → inputs → store → analysis → runs, demo, integrations → cli.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from slt_probe.diagnostics import Diagnostics
-from slt_probe.hook import LLCHook, log_schedule
-from slt_probe.llc import LLCResult, estimate_llc
-from slt_probe.sampler import SGLDConfig
+from slt_probe.analysis.transitions import TransitionConfig, Transitions, detect_transitions
+from slt_probe.engine.diagnostics import Diagnostics
+from slt_probe.engine.estimate import LLCResult, estimate_llc
+from slt_probe.engine.sampler import SGLDConfig
+from slt_probe.runs.hook import LLCHook, log_schedule
+from slt_probe.runs.walker import WalkSummary, walk
 from slt_probe.store import Results, load_results
-from slt_probe.transitions import TransitionConfig, Transitions, detect_transitions
-from slt_probe.walker import WalkSummary, walk
 
 try:
     __version__ = version("slt-probe")

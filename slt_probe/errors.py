@@ -14,3 +14,9 @@ class InputError(ValueError):
 
 class CheckpointError(Exception):
     pass
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message as one line of at most 300 characters: what a row or a log line records."""
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""

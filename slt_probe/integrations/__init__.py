@@ -6,7 +6,7 @@ neither, and importing a submodule without its framework raises an ImportError t
 
 from typing import Any
 
-from slt_probe.hook import LLCHook
+from slt_probe.runs.hook import LLCHook
 
 
 def as_hook(hook_or_data: Any, **hook_kwargs: Any) -> LLCHook:

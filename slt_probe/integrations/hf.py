@@ -1,4 +1,4 @@
-"""LLCTrainerCallback: λ̂ during a Hugging Face transformers Trainer run (slt_probe.hook.LLCHook).
+"""LLCTrainerCallback: λ̂ during a Hugging Face transformers Trainer run (slt_probe.runs.hook.LLCHook).
 
     from slt_probe.integrations.hf import LLCTrainerCallback
     callback = LLCTrainerCallback(tokens, config=SGLDConfig(...), schedule=log_schedule(max_steps), out="run.h5")

@@ -1,4 +1,4 @@
-"""LLCCallback: λ̂ during a Lightning Trainer run (slt_probe.hook.LLCHook).
+"""LLCCallback: λ̂ during a Lightning Trainer run (slt_probe.runs.hook.LLCHook).
 
     from slt_probe.integrations.lightning import LLCCallback
     callback = LLCCallback(tokens, config=SGLDConfig(...), schedule=log_schedule(max_steps), out="run.h5",

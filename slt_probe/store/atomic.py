@@ -1,0 +1,55 @@
+"""Files replaced in one step: a reader, or a process killed mid-write, sees the old file or the new one, never half.
+
+HDF5 is not journaled (a writer killed mid-update can leave a file that no longer opens), so nothing here is
+modified in place: each update writes a complete new file beside the old one and renames it over it (os.replace is
+atomic on POSIX and Windows). Every writer of the package goes through atomic_path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; when the block ends without error it becomes `path`.
+
+    The temporary is named `<name>.tmp<pid>`: two processes writing the same file each have their own, and
+    remove_stale_temporaries finds those a killed writer left.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        commit(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Make tmp the file at path: durable first, then renamed over it in one step."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())  # the rename must not become visible before the data
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open folders; its rename is durable enough
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: Path | str) -> None:
+    """Temporaries left by a killed writer of `path` (never the live file)."""
+    for tmp in Path(path).parent.glob(f"{Path(path).name}.tmp*"):
+        tmp.unlink(missing_ok=True)

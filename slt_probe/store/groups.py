@@ -1,0 +1,134 @@
+"""The optional groups of a results file, keyed by step: behavioural probes, and the refined λ̂ of components."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import h5py
+import numpy as np
+
+from slt_probe.store.h5 import STR, decode_attr
+
+
+@dataclass
+class Probes:
+    """Behavioural measurements per checkpoint, keyed by step: the file's `probes` group.
+
+    values[step][name] is a number (a curve the plot draws) or an array (per-head scores, kept in the
+    subgroup probes/heads/). info[name] = (label, description).
+    """
+
+    info: dict[str, tuple[str, str]]
+    values: dict[int, dict[str, Any]]
+    skipped: list[str] = field(default_factory=list)  # read: "name: why", datasets that are not one value per step
+
+    def write(self, g: h5py.Group) -> None:
+        g.attrs["description"] = "behavioural probes per checkpoint (slt-probe walk --probes), keyed by step"
+        steps = sorted(self.values)
+        g.create_dataset("step", data=np.array(steps, dtype=np.int64)).attrs["description"] = "checkpoint step"
+        heads = None
+        for name, (label, description) in self.info.items():
+            column = [self.values[s].get(name) for s in steps]
+            shape = next((np.shape(v) for v in column if v is not None), ())
+            data = np.stack([np.full(shape, np.nan) if v is None else np.asarray(v, dtype=np.float64)
+                             for v in column]) if steps else np.zeros((0, *shape))
+            if shape:
+                heads = heads or g.create_group("heads")
+                ds = heads.create_dataset(name, data=data)
+            else:
+                ds = g.create_dataset(name, data=data.reshape(len(steps)))
+            ds.attrs["label"], ds.attrs["description"] = label, description
+
+    @staticmethod
+    def read(path: Path) -> Optional["Probes"]:
+        with h5py.File(path, "r") as f:
+            if "probes" not in f or "step" not in f["probes"]:
+                return None
+            g = f["probes"]
+            steps = [int(s) for s in g["step"][...]]
+            columns = {name: ds for name, ds in g.items() if isinstance(ds, h5py.Dataset) and name != "step"}
+            if "heads" in g:
+                columns.update(dict(g["heads"].items()))
+            skipped = []
+            for name, ds in list(columns.items()):
+                if ds.shape[:1] != (len(steps),) or h5py.check_string_dtype(ds.dtype) is not None:
+                    skipped.append(f"{name}: not one number per probed step ({ds.shape}, {ds.dtype})")
+                    del columns[name]
+            info = {name: (str(decode_attr(ds.attrs.get("label", name))), str(decode_attr(ds.attrs.get("description", ""))))
+                    for name, ds in columns.items()}
+            arrays = {name: ds[...] for name, ds in columns.items()}
+        values = {s: {name: (a[i].item() if a.ndim == 1 else a[i]) for name, a in arrays.items()}
+                  for i, s in enumerate(steps)}
+        return Probes(info, values, skipped)
+
+
+REFINED_FIELDS = {  # name: description; one value per checkpoint of the component's subgroup
+    "step": "checkpoint step",
+    "llc_mean": "refined λ̂: only this component's parameters sampled, the rest held at w* (Wang et al. 2024)",
+    "llc_se": "standard error of llc_mean across chains",
+    "llc_per_chain": "refined λ̂ of each chain [checkpoint, chain]; NaN for a diverged chain",
+    "verdict": "ok | warn | fail of this estimate's diagnostics (fail: it could not be computed)",
+}
+
+
+@dataclass
+class Refined:
+    """Refined LLCs per checkpoint, the file's `refined` group: one subgroup per component (walk(refine=...)).
+
+    params[name] is the regular expression over parameter names that selects the component, num_params[name]
+    how many parameters it holds; values[name][step] = {"llc_mean", "llc_se", "llc_per_chain", "verdict"}.
+    """
+
+    params: dict[str, str]
+    num_params: dict[str, int]
+    values: dict[str, dict[int, dict[str, Any]]]
+
+    def write(self, g: h5py.Group, chains: int) -> None:
+        g.attrs["description"] = ("refined LLCs: λ̂ with only one component's parameters sampled (Wang et al. 2024, "
+                                  "arXiv 2410.02984), one subgroup per component, keyed by step")
+        for name, pattern in self.params.items():
+            sub = g.create_group(name)
+            sub.attrs["params"], sub.attrs["num_params"] = pattern, int(self.num_params.get(name, 0))
+            sub.attrs["description"] = f"refined λ̂ of the parameters matching {pattern!r}"
+            steps = sorted(self.values.get(name, {}))
+            rows = [self.values[name][s] for s in steps]
+            for column, description in REFINED_FIELDS.items():
+                if column == "step":
+                    data = np.array(steps, dtype=np.int64)
+                elif column == "verdict":
+                    data = np.array([r["verdict"] for r in rows], dtype=object)
+                elif column == "llc_per_chain":
+                    data = np.stack([np.asarray(r[column], dtype=np.float64) for r in rows]) if rows \
+                        else np.zeros((0, chains))
+                else:
+                    data = np.array([r[column] for r in rows], dtype=np.float64).reshape(len(rows))
+                ds = sub.create_dataset(column, data=data, dtype=STR if column == "verdict" else None)
+                ds.attrs["description"] = description
+
+    def curve(self, name: str, steps) -> dict[str, np.ndarray]:
+        """Component `name`'s llc_mean, llc_se [K] and llc_per_chain [K, chains] along `steps`; NaN at steps
+        it has no estimate for (a checkpoint that failed)."""
+        values = self.values[name]
+        chains = next((len(v["llc_per_chain"]) for v in values.values()), 0)
+        have = [int(s) in values for s in steps]
+        col = lambda k: np.array([values[int(s)][k] if h else np.nan for s, h in zip(steps, have)], dtype=float)  # noqa: E731
+        per_chain = np.array([np.asarray(values[int(s)]["llc_per_chain"], dtype=float) if h else np.full(chains, np.nan)
+                              for s, h in zip(steps, have)], dtype=float).reshape(len(have), chains)
+        return {"llc_mean": col("llc_mean"), "llc_se": col("llc_se"), "llc_per_chain": per_chain}
+
+    @staticmethod
+    def read(path: Path) -> Optional["Refined"]:
+        with h5py.File(path, "r") as f:
+            if "refined" not in f:
+                return None
+            params, num_params, values = {}, {}, {}
+            for name, sub in f["refined"].items():
+                params[name] = str(decode_attr(sub.attrs["params"]))
+                num_params[name] = int(sub.attrs.get("num_params", 0))
+                cols = {k: (sub[k].asstr()[...] if k == "verdict" else sub[k][...]) for k in REFINED_FIELDS}
+                values[name] = {int(s): {"llc_mean": float(cols["llc_mean"][i]), "llc_se": float(cols["llc_se"][i]),
+                                         "llc_per_chain": cols["llc_per_chain"][i], "verdict": str(cols["verdict"][i])}
+                                for i, s in enumerate(cols["step"])}
+        return Refined(params, num_params, values)

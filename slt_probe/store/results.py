@@ -1,0 +1,318 @@
+"""The HDF5 results file of a walk: its schema, in one place, and how it is written and read.
+
+One file per walk. Root attributes describe the run (versions, command line, config, model, data);
+datasets run along a checkpoint axis of length K, one row per checkpoint, sorted by step. Every
+dataset carries a `description` attribute, so the file explains itself to h5py, pandas or xarray.
+
+Everything a row, a root attribute or the resume rule says is decided here, for the walker and the training hook
+alike: both build rows with ResultsFile.new_row / fill_row, describe the run with run_attrs, and continue a file
+through ResultsFile, which refuses to mix two computations in one file.
+
+Crash safety: the file is never modified in place; each update writes a complete new file and renames it over the
+old one (atomic.py), so at any moment `results.h5` is the last complete version, whatever kills the process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import h5py
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from slt_probe.engine.data import Data, num_samples
+from slt_probe.engine.estimate import LLCResult
+from slt_probe.engine.sampler import SGLDConfig
+from slt_probe.errors import InputError
+from slt_probe.store.atomic import atomic_path, remove_stale_temporaries
+from slt_probe.store.groups import Probes, Refined
+from slt_probe.store.h5 import STR, decode_attr, encode_attr, utc_now, versions
+from slt_probe.store.transitions import Transitions, read_transitions
+
+SCHEMA = "slt-probe.walk"
+SCHEMA_VERSION = 1
+
+# (name, kind, description). kind: scalar dtype, or "chain" [K, C], "trace" [K, C, draws], "burnin" [K, C, burnin].
+COLUMNS: list[tuple[str, str, str]] = [
+    ("step", "int64", "training step of the checkpoint (from its name or its stored step key)"),
+    ("path", "str", "checkpoint file or folder, relative to the checkpoint directory"),
+    ("format", "str", "checkpoint format: torch | lightning | safetensors | hf"),
+    ("sha256", "str", "sha256 of the checkpoint's weight files; a rerun skips rows whose hash is unchanged"),
+    ("status", "str", "ok: estimated; failed: the checkpoint could not be used (see message)"),
+    ("message", "str", "why the checkpoint failed (one line); empty when status is ok"),
+    ("finished", "str", "when this row was written (ISO 8601, UTC)"),
+    ("seconds", "float64", "wall seconds for this checkpoint: loading, L_n(w*) and sampling"),
+    ("init_loss", "float64", "L_n(w*): mean loss at the checkpoint on the samples the kept draws see"),
+    ("llc_mean", "float64", "λ̂ = nβ (mean sampled loss − L_n(w*)) averaged over the chains that did not diverge"),
+    ("llc_std", "float64", "standard deviation of λ̂ across those chains (ddof 1)"),
+    ("llc_se", "float64", "standard error of llc_mean: llc_std / sqrt(chains that did not diverge)"),
+    ("llc_per_chain", "chain", "λ̂ of each chain [checkpoint, chain]; NaN for a diverged chain"),
+    ("loss_trace", "trace", "minibatch loss of every kept draw [checkpoint, chain, draw]"),
+    ("burnin_trace", "burnin", "minibatch loss during burn-in [checkpoint, chain, step]; not used in λ̂"),
+    ("rhat", "float64", "rank-normalized split R-hat of the loss traces (Vehtari et al. 2021, ArviZ)"),
+    ("ess_bulk", "float64", "bulk effective sample size of the loss traces, all chains (ArviZ)"),
+    ("ess_tail", "float64", "tail effective sample size of the loss traces, all chains (ArviZ)"),
+    ("acceptance", "float64", "mean MALA acceptance probability of the SGLD steps after burn-in"),
+    ("drift", "float64", "(λ̂ over the last quarter of draws − λ̂ over the third) / |λ̂|: is the trace still moving"),
+    ("chains_ok", "int64", "number of chains that did not diverge"),
+    ("verdict", "str", "ok | warn | fail: is this estimate trustworthy (see reasons)"),
+    ("reasons", "str", "the diagnostics' reasons for the verdict, joined by '; '"),
+]
+
+# Fields of SGLDConfig that may differ between a run and its resume: they change where and how fast it runs,
+# not what it computes. (The sampling method is resolved once per run and stored in the `method` attribute.)
+RESUME_FREE = {"device", "method"}
+
+
+def empty_row(chains: int, draws: int, burnin: int) -> dict[str, Any]:
+    """A row with every numeric field NaN (what a failed checkpoint stores)."""
+    row: dict[str, Any] = {}
+    for name, kind, _ in COLUMNS:
+        if kind == "str":
+            row[name] = ""
+        elif kind == "int64":
+            row[name] = 0
+        elif kind == "float64":
+            row[name] = float("nan")
+    row["llc_per_chain"] = np.full(chains, np.nan)
+    row["loss_trace"] = np.full((chains, draws), np.nan, dtype=np.float32)
+    row["burnin_trace"] = np.full((chains, burnin), np.nan, dtype=np.float32)
+    return row
+
+
+def fill_row(row: dict[str, Any], r: LLCResult) -> None:
+    """Copy an estimate into a row."""
+    d = r.diagnostics
+    row.update(
+        status="ok", init_loss=r.init_loss, llc_mean=r.llc_mean, llc_std=r.llc_std, llc_se=r.llc_se,
+        llc_per_chain=np.asarray(r.llc_per_chain, dtype=np.float64),
+        loss_trace=np.asarray(r.loss_trace, dtype=np.float32), burnin_trace=np.asarray(r.burnin_trace, dtype=np.float32),
+        rhat=d.rhat, ess_bulk=d.ess_bulk, ess_tail=d.ess_tail, acceptance=d.acceptance, drift=d.drift,
+        chains_ok=d.chains_ok, verdict=d.verdict, reasons="; ".join(d.reasons),
+    )
+
+
+def fail_row(row: dict[str, Any], message: str) -> None:
+    """Mark a row failed: the checkpoint (or step) could not be used, and `message` says why in one line."""
+    row.update(status="failed", message=message, verdict="fail")
+
+
+def run_attrs(config: SGLDConfig, device, engine: str, model: nn.Module, data: Data,
+              meta: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The root attributes of a results file: what was computed, on what, with which versions; `meta` adds the
+    run's own description (command line, model spec, data spec, ...)."""
+    attrs = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "description": "local learning coefficient (λ̂) at each checkpoint of a training run, by slt-probe walk",
+        "created": utc_now(), "engine": engine, "device": str(device),
+        "config_resolved": config.to_dict(), "num_params": sum(p.numel() for p in model.parameters()),
+        "num_samples": num_samples(data), "versions": versions(), **(meta or {}),
+    }
+    for dist in ("slt-probe", "torch", "devinterp"):
+        attrs[f"{dist.replace('-', '_')}_version"] = attrs["versions"][dist]
+    return attrs
+
+
+def check_same_run(out: Path, old: dict[str, Any], new: dict[str, Any], hint: str) -> None:
+    """Resume only the same computation: same config, engine, model and data (InputError otherwise)."""
+    old_cfg = {k: v for k, v in (old.get("config_resolved") or {}).items() if k not in RESUME_FREE}
+    new_cfg = {k: v for k, v in new["config_resolved"].items() if k not in RESUME_FREE}
+    diff = describe_difference(old_cfg, new_cfg)
+    if diff:
+        raise InputError(f"{out}: holds a walk with a different config ({diff}); {hint}")
+    for key in ("engine", "num_params", "num_samples"):
+        if old.get(key) != new.get(key):
+            raise InputError(f"{out}: holds a walk with a different {key} ({old.get(key)!r} → {new.get(key)!r}); {hint}")
+    old_data, new_data = old.get("data") or {}, new.get("data") or {}
+    if old_data.get("sha256") != new_data.get("sha256"):
+        raise InputError(f"{out}: holds a walk on different data (sha256 {str(old_data.get('sha256'))[:12]} → "
+                         f"{str(new_data.get('sha256'))[:12]}); {hint}")
+    old_model, new_model = old.get("model") or {}, new.get("model") or {}
+    for key in ("spec", "kwargs"):
+        if old_model.get(key) != new_model.get(key):
+            raise InputError(f"{out}: holds a walk of a different model ({key} {old_model.get(key)!r} → "
+                             f"{new_model.get(key)!r}); {hint}")
+
+
+def describe_difference(old: dict[str, Any], new: dict[str, Any]) -> Optional[str]:
+    """The first field that differs between two flat dicts, as 'lr 0.0001 → 0.0002', or None."""
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"{key} {old.get(key)!r} → {new.get(key)!r}"
+    return None
+
+
+class ResultsFile:
+    """A results file being written by a walk or a training hook: its rows in memory, the file rewritten whole.
+
+    Opening reads what an earlier run left at `path` (unless overwrite), so that this run continues it; adopt()
+    then refuses, before any work, attrs that describe another computation. `hint` ends those refusals: what the
+    caller can do instead (the walk names its command-line options, the hook its arguments).
+    """
+
+    def __init__(self, path: Path | str, config: SGLDConfig, *, overwrite: bool = False,
+                 hint: str = "write elsewhere with --out, or pass --overwrite to start again"):
+        self.path, self.config, self.hint = Path(path), config, hint
+        self.previous: Optional[dict[str, Any]] = None  # the attrs of the run this one continues
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.attrs: dict[str, Any] = {}
+        if self.path.exists() and not overwrite:
+            try:
+                self.previous, rows = read(self.path)
+            except (OSError, ValueError) as e:
+                raise InputError(f"{self.path}: exists and is not a readable slt-probe results file ({e}); "
+                                 f"{hint}") from None
+            self.rows = {r["step"]: r for r in rows}
+        remove_stale_temporaries(self.path)
+
+    def check(self, attrs: dict[str, Any]) -> None:
+        """InputError when the run this one continues computed something else than `attrs` describes."""
+        if self.previous is not None:
+            check_same_run(self.path, self.previous, attrs, self.hint)
+
+    def adopt(self, attrs: dict[str, Any]) -> None:
+        """This run's root attributes, once checked; a continued file keeps its creation time."""
+        self.check(attrs)
+        if self.previous is not None:
+            attrs["created"] = self.previous.get("created", attrs["created"])
+        self.attrs = attrs
+
+    def resumed_probes(self) -> dict[int, dict[str, Any]]:
+        """The probe values of the run continued, by step ({} when none): a rerun measures only what is missing."""
+        old = Probes.read(self.path) if self.previous is not None else None
+        return old.values if old else {}
+
+    def resumed_refined(self, refine: dict[str, str], num_params: dict[str, int]) -> Refined:
+        """The refined group this run writes: each component asked for (regex `refine[name]`, `num_params[name]`
+        parameters) with the rows the continued run has for the same regex; the continued run's other components
+        kept as they are. A component whose regex changed starts again."""
+        refined = Refined(dict(refine), dict(num_params), {name: {} for name in refine})
+        old = Refined.read(self.path) if self.previous is not None and refine else None
+        for name, pattern in (old.params if old else {}).items():
+            if name not in refine:  # not asked for this time: kept as it is
+                refined.params[name], refined.num_params[name] = pattern, old.num_params[name]
+                refined.values[name] = old.values[name]
+            elif refine[name] == pattern:  # the same component: its rows so far are reused
+                refined.values[name] = old.values[name]
+        return refined
+
+    def new_row(self, step: int) -> dict[str, Any]:
+        """A row for `step` with every measured field NaN (what a failed checkpoint stores)."""
+        row = empty_row(self.config.chains, self.config.draws, self.config.burnin)
+        row["step"] = step
+        return row
+
+    def save(self, probes: Optional[Probes] = None, refined: Optional[Refined] = None) -> None:
+        """The whole file, atomically: the rows so far, and the probes and refined groups (carried over when None)."""
+        write(self.path, self.attrs, list(self.rows.values()), self.config.chains, self.config.draws,
+              self.config.burnin, probes=probes, refined=refined)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# writing
+
+
+# Groups that survive a rewrite of the rows. Transitions do not: they describe the rows they were found in,
+# and the walk finds them again at its end.
+KEPT_GROUPS = ("probes", "refined")
+
+
+def write(path: Path, attrs: dict[str, Any], rows: list[dict[str, Any]], chains: int, draws: int, burnin: int,
+          probes: Optional[Probes] = None, refined: Optional[Refined] = None) -> None:
+    """Write the whole file atomically: attrs (JSON-encoded when not str/number), rows sorted by step, and the
+    probes and refined groups (from `probes` / `refined` when given, else carried over from the file replaced)."""
+    path = Path(path)
+    rows = sorted(rows, key=lambda r: r["step"])
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = encode_attr(value)
+            f.attrs["updated"] = utc_now()
+            f.attrs["num_checkpoints"] = len(rows)
+            k = len(rows)
+            for name, kind, description in COLUMNS:
+                values = [r[name] for r in rows]
+                if kind == "str":
+                    ds = f.create_dataset(name, data=np.array(values, dtype=object), dtype=STR, maxshape=(None,))
+                elif kind in ("int64", "float64"):
+                    ds = f.create_dataset(name, data=np.array(values, dtype=kind).reshape(k), maxshape=(None,))
+                else:
+                    inner = {"chain": (chains,), "trace": (chains, draws), "burnin": (chains, burnin)}[kind]
+                    dtype = np.float64 if kind == "chain" else np.float32
+                    arr = np.stack(values).astype(dtype) if values else np.zeros((0, *inner), dtype)
+                    big = kind != "chain" and 0 not in inner
+                    # one checkpoint per chunk: a row is read or written as a unit
+                    ds = f.create_dataset(name, data=arr, maxshape=(None, *inner),
+                                          chunks=(1, *inner) if big else None,
+                                          compression="gzip" if big else None, shuffle=big)
+                ds.attrs["description"] = description
+                if kind in ("trace", "burnin", "chain"):
+                    ds.attrs["dims"] = json.dumps(["checkpoint", "chain", "draw" if kind == "trace" else "step"][: arr.ndim])
+            if probes is not None:
+                probes.write(f.create_group("probes"))
+            if refined is not None:
+                refined.write(f.create_group("refined"), chains)
+            if path.exists():
+                with h5py.File(path, "r") as old:
+                    for name in KEPT_GROUPS:
+                        if name in old and name not in f:
+                            old.copy(old[name], f, name=name)
+
+
+def read_arrays(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(attrs, every dataset along the checkpoint axis) of a results file; ValueError when it is not one."""
+    with h5py.File(path, "r") as f:
+        if decode_attr(f.attrs.get("schema")) != SCHEMA:
+            raise ValueError("not an slt-probe results file (no schema attribute)")
+        version = int(f.attrs.get("schema_version", 0))
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"written by a newer slt-probe (schema {version} > {SCHEMA_VERSION})")
+        attrs = {k: decode_attr(v) for k, v in f.attrs.items()}
+        arrays = {}
+        for name, kind, _ in COLUMNS:
+            if name not in f:
+                raise ValueError(f"dataset {name!r} is missing")
+            arrays[name] = f[name].asstr()[...] if kind == "str" else f[name][...]
+    return attrs, arrays
+
+
+def read(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(attrs, rows) of a results file, rows as store.write takes them; ValueError when it is not one."""
+    attrs, arrays = read_arrays(path)
+
+    def cell(name: str, kind: str, i: int) -> Any:
+        v = arrays[name][i]
+        return str(v) if kind == "str" else v.item() if kind in ("int64", "float64") else v
+
+    rows = [{name: cell(name, kind, i) for name, kind, _ in COLUMNS} for i in range(len(arrays["step"]))]
+    return attrs, rows
+
+
+@dataclass
+class Results:
+    """A walk's results: `table` has one row per checkpoint; `arrays` the full per-chain / per-draw data."""
+
+    path: Path
+    attrs: dict[str, Any]
+    arrays: dict[str, np.ndarray]  # every dataset, along the checkpoint axis
+    table: Any  # pandas.DataFrame of the one-value-per-checkpoint columns, indexed by row
+    transitions: Optional[Transitions] = None  # the λ̂ curve's, when detection has run
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.attrs["config_resolved"]
+
+    def __repr__(self) -> str:
+        return f"Results({str(self.path)!r}, {len(self.table)} checkpoints, engine {self.attrs.get('engine')!r})"
+
+
+def load_results(path: str | Path) -> Results:
+    """Read a results file: `load_results("results.h5").table` is the λ̂ curve as a DataFrame."""
+    path = Path(path)
+    attrs, arrays = read_arrays(path)
+    table = pd.DataFrame({name: arrays[name] for name, kind, _ in COLUMNS if kind not in ("chain", "trace", "burnin")})
+    return Results(path=path, attrs=attrs, arrays=arrays, table=table, transitions=read_transitions(path))

@@ -1,0 +1,292 @@
+"""The command line (slt_probe/cli.py) itself: what each command parses, prints and refuses.
+
+Option parsing (a --config file, the command line winning), one-line errors with exit code 2, the --dry-run
+listing, and the output of `version`, `validate` (and its old name `reference`), `inspect`, `transitions`,
+`plot`, `calibrate` and `demo --quick`. The commands run in-process (typer's CliRunner). What a walk computes and
+stores is tested with the walker (tests/runs/test_walker.py, which drives most walks through `slt-probe walk`).
+"""
+
+import json
+import re
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from curves import rise_then_hidden_fall as make_rise_then_hidden_fall
+from modelfiles import MODELS_DIR
+from typer.testing import CliRunner
+from walkrun import STEPS, invoke, make_run, one_line_error, walk_args
+
+import slt_probe
+from slt_probe import store
+from slt_probe.analysis.transitions import TransitionConfig
+from slt_probe.cli import app
+from slt_probe.engine.closed_forms import dln_learning_coefficient
+
+
+@pytest.fixture()
+def run(tmp_path):
+    """A run folder: ckpts/ with 4 checkpoints, data.npy token ids [256, 9], model.json (tests/helpers/walkrun.py)."""
+    return make_run(tmp_path)
+
+
+@pytest.fixture()
+def rise_then_hidden_fall(tmp_path):
+    """A results file whose λ̂ rises (loss falls) and then falls under a flat loss; and its curve."""
+    return make_rise_then_hidden_fall(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# version, validate
+
+
+def test_version_prints_the_versions_in_use():
+    code, out = invoke("version")
+    assert code == 0, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"slt-probe \S+  torch \S+  devinterp \S+", lines[0]), out
+    assert "devinterp 2.0.1" in out and f"torch {torch.__version__}" in out
+
+
+VALIDATE = ["--widths", "3,2,3", "--draws", "50", "--chains", "2", "--json", "--quiet"]
+
+
+def test_validate_prints_the_closed_form_beside_the_estimate_and_reference_is_its_old_name():
+    code, out = invoke("validate", *VALIDATE)
+    assert code == 0, out
+    d = json.loads(out)
+    assert d["llc_theory"] == dln_learning_coefficient([3, 2, 3], 2) == 4.0  # rank 2: (2·(3 + 3) − 2²) / 2
+    assert np.isfinite(d["llc_mean"]) and np.isfinite(d["llc_se"]) and len(d["llc_per_chain"]) == 2
+    assert d["llc_mean"] == pytest.approx(np.mean(d["llc_per_chain"]))
+    assert d["config"]["draws"] == 50 and d["config"]["chains"] == 2 and "DLN [3, 2, 3]" in d["reference"]
+    # the old name runs the same command, and is left out of the help
+    code, old = invoke("reference", *VALIDATE)
+    assert code == 0, old
+    assert json.loads(old) == d
+    code, help_text = invoke("--help")
+    assert code == 0 and "validate" in help_text and "reference" not in help_text
+    # bad widths: one line, exit 2
+    code, out = invoke("validate", "--widths", "3,x")
+    assert code == 2 and "--widths '3,x'" in one_line_error(out)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# walk: options from a file, the dry run
+
+
+def test_config_file_supplies_settings_and_the_command_line_wins(run):
+    (run / "run.toml").write_text("[sgld]\nlr = 3e-4\nchains = 3\ndraws = 12\nburnin = 4\nbatch_size = 16\n")
+    args = ["walk", run / "ckpts", "--out", run / "c.h5", "--model", f"{MODELS_DIR / 'attn_only.py'}:attn_only",
+            "--model-config", run / "model.json", "--data", run / "data.npy", "--config", run / "run.toml",
+            "--draws", "10", "--method", "loop", "--quiet"]
+    code, out = invoke(*args)
+    assert code == 0, out
+    cfg = slt_probe.load_results(run / "c.h5").attrs["config_resolved"]
+    assert (cfg["lr"], cfg["chains"], cfg["draws"], cfg["burnin"]) == (3e-4, 3, 10, 4)
+    assert cfg["nbeta"] == pytest.approx(256 / np.log(256))  # default n / log n
+    (run / "bad.toml").write_text("lrr = 1\n")
+    code, out = invoke(*args[:-7], "--config", run / "bad.toml", "--quiet")
+    assert code == 2 and "lrr" in one_line_error(out) and "bad.toml" in out
+
+
+def test_dry_run_lists_the_plan(run):
+    (run / "ckpts" / "notes.txt").write_text("hello")
+    code, out = invoke("walk", run / "ckpts", "--dry-run", "--every", "2")
+    assert code == 0, out
+    assert "notes.txt" in out and "3 of 4 checkpoints would be walked" in out
+    assert re.search(r"\b20\s+torch\s+.*step_20\.pt", out), out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# bad input: one line, exit 2, nothing written
+
+
+def test_input_errors_are_one_line_with_exit_code_2(run, tmp_path):
+    base = walk_args(run)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "no checkpoints": (["walk", empty, *base[2:]], str(empty)),
+        "missing folder": (["walk", tmp_path / "nope", *base[2:]], "nope"),
+        "unreadable data": ([*base, "--data", tmp_path / "missing.npy"], "missing.npy"),
+        "model import": ([*base, "--model", "nowhere/model.py:make"], "nowhere/model.py"),
+        "model attribute": ([*base, "--model", f"{MODELS_DIR / 'attn_only.py'}:nope"], "nope"),
+        "bad config value": ([*base, "--lr", "-1"], "lr"),
+    }
+    big = np.load(run / "data.npy")
+    big[0, 0] = 40  # beyond the vocabulary of 32
+    np.save(tmp_path / "big.npy", big)
+    cases["vocabulary"] = ([*base, "--data", tmp_path / "big.npy"], "big.npy")
+    for name, (args, needle) in cases.items():
+        code, out = invoke(*args)
+        assert code == 2, (name, out)
+        assert needle in one_line_error(out), (name, out)
+    assert not (run / "results.h5").exists()
+
+
+def test_rows_longer_than_the_context_are_refused_with_the_fix(run):
+    np.save(run / "long.npy", np.zeros((64, 10), np.int64))  # 9 inputs, n_ctx 8
+    code, out = invoke(*walk_args(run, "d.h5", "--data", run / "long.npy"))
+    assert code == 2 and "--context 8" in one_line_error(out)
+
+
+def test_refine_errors_are_one_line_and_name_the_problem(run):
+    code, out = invoke(*walk_args(run, "r.h5", "--refine", "layer0"))
+    assert code == 2 and "NAME=REGEX" in one_line_error(out)
+    code, out = invoke(*walk_args(run, "r.h5", "--refine", "x=^nothing"))
+    assert code == 2 and "refine x" in one_line_error(out) and "matches none" in one_line_error(out)
+    code, out = invoke(*walk_args(run, "r.h5", "--params", "(unclosed"))
+    assert code == 2 and "regular expression" in one_line_error(out)
+    code, out = invoke(*walk_args(run, "r.h5", "--params", "^nothing"))
+    assert code == 2 and "--params: params '^nothing' matches none" in one_line_error(out)
+    assert not (run / "r.h5").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# inspect, transitions, plot
+
+
+def test_inspect_prints_config_and_table(run):
+    assert invoke(*walk_args(run))[0] == 0
+    code, out = invoke("inspect", run / "results.h5")
+    assert code == 0, out
+    assert "lr" in out and "nbeta" in out and all(re.search(rf"\b{s}\b", out) for s in map(str, STEPS))
+    code, out = invoke("inspect", run / "results.h5", "--json")
+    d = json.loads(out)
+    assert [r["step"] for r in d["checkpoints"]] == STEPS and d["attrs"]["config_resolved"]["chains"] == 2
+
+
+def test_the_transitions_command_stores_its_result_and_parameters(rise_then_hidden_fall):
+    path, c = rise_then_hidden_fall
+    runner = CliRunner()
+    result = runner.invoke(app, ["transitions", str(path), "--k-se", "2.5", "--resamples", "50"])
+    assert result.exit_code == 0, result.output
+    assert "hidden" in result.output and "peak" in result.output and " B " in result.output
+    t = store.read_transitions(path)
+    assert t.config == TransitionConfig(k_se=2.5, resamples=50) and len(t.boundaries) == 1
+    assert [s.type for s in t.stages] == ["A", "B"] and t.stages[1].hidden
+    # the rise and the fall are spurts at their centres, and typed like the stages they lie in
+    assert [(s.type, s.hidden) for s in t.spurts] == [("A", False), ("B", True)] and "spurts" in result.output
+    assert [abs(s.log_step - centre) < 0.1 for s, centre in zip(t.spurts, (2.0, 3.5))] == [True, True]
+    with h5py.File(path, "r") as f:
+        g = f["transitions"]
+        assert json.loads(g.attrs["params"])["k_se"] == 2.5
+        for sub in ("boundaries", "stages", "smooth", "spurts"):
+            assert all(g[sub][name].attrs["description"] for name in g[sub])
+    # a second run replaces the group; the rows are untouched
+    result = runner.invoke(app, ["transitions", str(path), "--json"])
+    d = json.loads(result.output)
+    assert d["params"]["k_se"] == 3.0 and store.read_transitions(path).config.k_se == 3.0
+    assert len(store.load_results(path).table) == len(c.step)
+    # (a rewrite of the rows drops the now stale transitions: tests/store/test_store_transitions.py)
+
+
+def test_transitions_of_a_refined_curve_from_the_command_line(run):
+    code, out = invoke(*walk_args(run, "r.h5", "--refine", r"layer0=^blocks\.0\.", "--no-transitions"))
+    assert code == 0, out
+    code, out = invoke("transitions", run / "r.h5", "--refined", "layer0", "--resamples", "20", "--json")
+    assert code == 0, out
+    assert "stages" in json.loads(out)
+    assert store.read_transitions(run / "r.h5", refined="layer0") is not None
+    assert store.read_transitions(run / "r.h5") is None  # the whole model's were not asked for
+    code, out = invoke("transitions", run / "r.h5", "--refined", "layer9")
+    assert code == 2 and "no refined λ̂ named 'layer9' (have: layer0)" in one_line_error(out)
+
+
+def test_the_plot_command_draws_the_stages(rise_then_hidden_fall, tmp_path):
+    path, _ = rise_then_hidden_fall
+    runner = CliRunner()
+    assert runner.invoke(app, ["transitions", str(path), "--resamples", "20"]).exit_code == 0
+    result = runner.invoke(app, ["plot", str(path), "-o", str(tmp_path / "curves.png")])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"wrote {tmp_path / 'curves.png'}"
+    from PIL import Image
+
+    with Image.open(tmp_path / "curves.png") as im:
+        assert im.size[0] > 800 and im.size[1] > 500
+    result = runner.invoke(app, ["plot", str(tmp_path / "missing.h5")])
+    assert result.exit_code == 2 and "missing.h5" in result.output and "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------------------------------------
+# calibrate
+
+
+def calibrate_args(run, *grid, out="cal"):
+    """`slt-probe calibrate` on the run's checkpoints with a tiny budget, writing out.h5 / .toml / .png."""
+    return ["calibrate", run / "ckpts", "--model", f"{MODELS_DIR / 'attn_only.py'}:attn_only", "--model-config",
+            run / "model.json", "--data", run / "data.npy", *grid, "--localization", "100", "--nbeta", "30",
+            "--chains", "2", "--draws", "60", "--burnin", "10", "--batch-size", "16", "--out", run / f"{out}.h5",
+            "--toml", run / f"{out}.toml", "--png", run / f"{out}.png", "--quiet"]
+
+
+def test_the_calibrate_command_writes_sweep_plot_and_a_config_walk_reads(run):
+    # lr 1e-5 passes every diagnostic at these settings (ESS 71-118 of 120 draws, R-hat <= 1.03), 1e-4 does not
+    # (R-hat up to 1.28, ESS down to 7), lr 100 diverges: the recommendation is lr 1e-5
+    code, out = invoke(*calibrate_args(run, "--lr", "1e-5,1e-4,100"))
+    print(out)
+    with h5py.File(run / "cal.h5", "r") as f:
+        assert f.attrs["schema"] == "slt-probe.calibration"
+        assert list(f["step"][...]) == [10, 20, 30]  # first after step 0, middle, last
+        assert f["loss_trace"].shape == (3, 3, 2, 60)
+        assert all(f[name].attrs["description"] for name in f)
+        assert not f["passed"][2] and "diverged" in f["failed"].asstr()[2, 0]  # lr 100
+        assert f["passed"][0] and not f["passed"][1]
+    assert (run / "cal.png").stat().st_size > 10_000
+    assert code == 0, out
+    assert "recommended: lr 1e-05, localization 100, nbeta 30" in out and (run / "cal.toml").exists()
+    code, out = invoke("walk", run / "ckpts", "--model", f"{MODELS_DIR / 'attn_only.py'}:attn_only", "--model-config",
+                       run / "model.json", "--data", run / "data.npy", "--config", run / "cal.toml", "--out",
+                       run / "w.h5", "--quiet")
+    assert code == 0, out
+    cfg = slt_probe.load_results(run / "w.h5").attrs["config_resolved"]
+    assert cfg["nbeta"] == 30.0 and cfg["chains"] == 2 and cfg["draws"] == 60
+    assert cfg["lr"] == 1e-5 and cfg["localization"] == 100.0
+
+
+def test_calibrate_says_so_when_nothing_passes(run):
+    code, out = invoke(*calibrate_args(run, "--lr", "100"))  # every chain diverges
+    assert code == 1, out
+    assert "no configuration passed" in out and "note:" in out
+    assert "chains diverged: lower lr" in out  # the advice names the failure
+    assert not (run / "cal.toml").exists()  # nothing to recommend, so no settings file
+    assert (run / "cal.h5").exists() and (run / "cal.png").exists()  # the evidence is written all the same
+
+
+# ----------------------------------------------------------------------------------------------------------
+# demo --quick: the whole pipeline (train, walk with probes, transitions, plot) in seconds
+
+
+def test_the_quick_demo_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", str(out), "--quick", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "previous-token heads: onset" in result.output and "induction heads: onset" in result.output
+    run = out / "run"
+    assert (run / "model.json").exists() and (run / "data.npy").exists() and (run / "train_log.json").exists()
+    res = slt_probe.load_results(out / "results.h5")
+    assert len(res.table) >= 5 and set(res.table.status) == {"ok"}
+    assert res.transitions is not None  # detection ran (and was stored)
+    with h5py.File(out / "results.h5", "r") as f:
+        assert list(f["probes/step"][...]) == list(res.table.step)
+        for name in ("prev_token", "prefix_matching", "icl_score"):
+            assert f[f"probes/{name}"].shape == (len(res.table),) and f[f"probes/{name}"].attrs["label"]
+        assert f["probes/heads/prev_token_heads"].ndim == 3
+    assert (out / "curves.png").stat().st_size > 20_000
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["onsets"]) == {"prev_token", "prefix_matching"} and report["steps"] == list(res.table.step)
+    assert set(report["onsets_halfway"]) == set(report["aligned"]) == set(report["onsets"])
+    assert isinstance(report["spurts"], list) and isinstance(report["boundaries"], list)
+    with h5py.File(out / "results.h5", "r") as f:
+        assert "spurts" in f["transitions"]
+    # the refined λ̂ of each layer's heads, with its transitions, and each probe read against its best head's layer
+    refined = slt_probe.store.Refined.read(out / "results.h5")
+    assert set(refined.params) == {"layer0", "layer1"}
+    for name in ("layer0", "layer1"):
+        assert sorted(refined.values[name]) == list(res.table.step)
+        assert slt_probe.store.read_transitions(out / "results.h5", refined=name) is not None
+    assert set(report["refined"]) == {"layer0", "layer1"}
+    assert set(report["aligned_refined"]) <= {name for name, at in report["onsets"].items() if at is not None}
+    assert all(r["component"] in ("layer0", "layer1") for r in report["aligned_refined"].values())
+    assert "refined λ̂ of layer0" in result.output
