@@ -1,7 +1,8 @@
 """The `slt-probe` command line: each command parses its options, calls one library function, prints what it returns.
 
 The library never prints; this does. Bad input (an InputError, or a ValueError from a config) is one red line and
-exit code 2, the traceback only with --debug.
+exit code 2, the traceback only with --debug. Everything is printed literally: paths, specs and messages may hold
+[brackets] and :colons:, so no console here reads Rich markup or emoji codes (plain_console).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from slt_probe.analysis.plot import plot_results
 from slt_probe.analysis.transitions import TransitionConfig, Transitions
 from slt_probe.demo import DemoConfig, TrainConfig, run_demo, train_demo
 from slt_probe.engine.dln import check_dln, dln_problem
 from slt_probe.engine.sampler import SGLDConfig
-from slt_probe.errors import InputError
+from slt_probe.errors import InputError, OutputError
 from slt_probe.inputs.specs import RunSpec, sgld_config
 from slt_probe.runs.calibrate import CalibrationGrid, calibrate_folder
 from slt_probe.runs.detect import detect_and_store
@@ -33,7 +35,15 @@ from slt_probe.store import load_results, versions
 
 app = typer.Typer(help="Local learning coefficient (LLC) estimation for developmental interpretability.",
                   no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
+
+
+def plain_console(**kwargs) -> Console:
+    """A Rich console that prints text as given: no markup ([lr=1e-3] stays, [/z] cannot crash it), no emoji codes
+    (:factory: stays), no highlighting. Styling is asked for explicitly, with style=."""
+    return Console(markup=False, emoji=False, highlight=False, **kwargs)
+
+
+console = plain_console(stderr=True)
 
 # options shared by the commands that build a model and data from the command line (walk, calibrate)
 Model = Annotated[Optional[str], typer.Option(help="path/to/file.py:factory or package.module:factory")]
@@ -57,34 +67,37 @@ def fail(message: str, debug: bool) -> None:
     """Bad input: one line, exit code 2; the traceback only with --debug."""
     if debug:
         raise
-    console.print(f"error: {message}", style="red", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"error: {message}", style="red", soft_wrap=True)
     raise typer.Exit(2)
 
 
 def say(text: str) -> None:
     """A line on stderr, beside the progress bars, read literally (paths may hold [brackets])."""
-    console.print(text, highlight=False, markup=False, soft_wrap=True)
+    console.print(text, soft_wrap=True)
 
 
 def stdout_console() -> Console:
     """Tables for people: no folding at 80 columns when piped or captured."""
-    out = Console(soft_wrap=True)
-    return out if out.is_terminal else Console(soft_wrap=True, width=200)
+    out = plain_console(soft_wrap=True)
+    return out if out.is_terminal else plain_console(soft_wrap=True, width=200)
 
 
 def table(rows: list, columns: list[tuple[str, Callable[[Any], str], bool]], title: Optional[str] = None) -> Table:
-    """A Rich table of `rows`: columns are (header, cell text of a row, right-aligned)."""
-    t = Table(show_edge=False, title=title, title_justify="left")
+    """A Rich table of `rows`: columns are (header, cell text of a row, right-aligned). Cells are Text, read
+    literally on any console (a failed row's message holds a path)."""
+    t = Table(show_edge=False, title=None if title is None else Text(title), title_justify="left")
     for header, _, right in columns:
-        t.add_column(header, justify="right" if right else "left")
+        t.add_column(Text(header), justify="right" if right else "left")
     for row in rows:
-        t.add_row(*[cell(row) for _, cell, _ in columns])
+        t.add_row(*[Text(cell(row)) for _, cell, _ in columns])
     return t
 
 
 def progress_bar(quiet: bool, unit: str = "") -> Progress:
-    return Progress(TextColumn("{task.description:>14}"), BarColumn(), TextColumn("{task.completed}/{task.total}" + unit),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=quiet)
+    """Descriptions are read literally (markup=False), like everything else printed here."""
+    return Progress(TextColumn("{task.description:>14}", markup=False), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}" + unit, markup=False), TimeElapsedColumn(),
+                    TextColumn("ETA", markup=False), TimeRemainingColumn(), console=console, disable=quiet)
 
 
 def tracked(bar: Progress, description: str) -> Callable[[int, int], None]:
@@ -133,23 +146,56 @@ def print_transitions(t: Transitions, out: Console) -> None:
     if t.spurts:
         out.print(table(t.spurts, SPURT_COLUMNS, "spurts (where λ̂ changes fastest)"))
     for note in t.notes:
-        out.print(f"note: {note}", highlight=False, markup=False)
+        out.print(f"note: {note}")
 
 
 def command_line(ctx: typer.Context) -> str:
-    """The invoked command, rebuilt from its parsed parameters (sys.argv is not it inside notebooks or tests)."""
-    parts = ["slt-probe", ctx.info_name or "walk"]
+    """The invoked command, rebuilt from its parsed parameters (sys.argv is not it inside notebooks or tests): a
+    shell command that, run again, parses to the same parameters.
+
+    Only what was given appears (not the defaults); a repeatable option once per value; a flag in the form given
+    (--no-transitions); values shell-quoted. An argument that starts with '-' follows the options after '--'.
+    """
+    arguments, options = [], []
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if value is None or value == param.default:
+        source = ctx.get_parameter_source(param.name)  # a ParameterSource of Click, or of Typer's copy of it
+        given = source.name not in ("DEFAULT", "DEFAULT_MAP") if source is not None else value != param.default
+        if not given:
+            continue
+        values = list(value) if isinstance(value, (list, tuple)) else [] if value is None else [value]
+        if not values:  # None, or a repeatable option given no value
             continue
         if param.param_type_name == "argument":
-            parts.append(str(value))
-        elif value is True and param.is_flag:
-            parts.append(param.opts[0])
-        else:
-            parts += [param.opts[0], str(value)]
-    return shlex.join(parts)
+            arguments += [str(v) for v in values]
+        elif getattr(param, "is_flag", False) and isinstance(value, bool):
+            if value or param.secondary_opts:  # True: the first form (--overwrite), False: the second (--no-...)
+                options.append(param.opts[0] if value else param.secondary_opts[0])
+        elif getattr(param, "multiple", False) or param.nargs == 1:
+            for v in values:  # --refine a=x --refine b=y
+                options += [param.opts[0], str(v)]
+        else:  # an option of several values at once
+            options += [param.opts[0], *map(str, values)]
+    if any(a.startswith("-") for a in arguments):
+        parts = [*options, "--", *arguments]
+    else:
+        parts = [*arguments, *options]
+    return shlex.join(["slt-probe", ctx.info_name or "walk", *parts])
+
+
+def every_estimate_failed(out: str, steps: list[int]) -> Optional[str]:
+    """Why the walk of `steps` into `out` measured nothing, when every row of them that was estimated (status ok)
+    got verdict fail, e.g. every chain diverged; else None."""
+    try:
+        t = load_results(out).table
+    except (OSError, ValueError):
+        return None
+    rows = t[t.step.isin(steps) & (t.status == "ok")]
+    if rows.empty or (rows.verdict != "fail").any():
+        return None
+    reasons = [r for r in str(rows.reasons.iloc[0]).split("; ") if r]
+    why = f": {reasons[-1]}" if reasons else ""
+    return f"every estimate failed: verdict fail at all {len(rows)} checkpoints estimated{why}"
 
 
 def parse_list(text: Optional[str], option: str, kind: type) -> Optional[list]:
@@ -264,6 +310,8 @@ def walk(
     max_checkpoints: Annotated[Optional[int], typer.Option(help="at most N checkpoints, log-spaced in step")] = None,
     dry_run: Annotated[bool, typer.Option(help="list what would be walked and stop")] = False,
     overwrite: Annotated[bool, typer.Option(help="start again when --out holds a different walk")] = False,
+    wait: Annotated[bool, typer.Option(help="when another process is writing --out, wait for it instead of "
+                                            "stopping")] = False,
     find_transitions: Annotated[bool, typer.Option("--transitions/--no-transitions", help="detect developmental "
                                                    "stages at the end (slt-probe transitions)")] = True,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (1 is often fastest for small models "
@@ -288,8 +336,7 @@ def walk(
             bar.update(outer, completed=info["index"] + 1)
             bar.update(inner, visible=False)
             if not quiet:
-                bar.console.print(checkpoint_line(info["row"], skipped=kind == "skip"), highlight=False,
-                                  markup=False, soft_wrap=True)
+                bar.console.print(checkpoint_line(info["row"], skipped=kind == "skip"), soft_wrap=True)
 
     try:
         cfg = sgld_config(config, dict(lr=lr, localization=localization, nbeta=nbeta, chains=chains, draws=draws,
@@ -308,8 +355,9 @@ def walk(
         bar.update(outer, total=len(todo))
         spec = RunSpec(model, model_config, data, context, tokenizer, loss)
         summary = walk_folder(ckpt_dir, out, spec, cfg, engine=engine, refine=components, overwrite=overwrite,
-                              detect=find_transitions, command=command_line(ctx), on_event=on_event, **selection)
-    except (InputError, ValueError) as e:
+                              detect=find_transitions, command=command_line(ctx), on_event=on_event, wait=wait,
+                              **selection)
+    except (InputError, OutputError, ValueError) as e:
         fail(str(e), debug)
     finally:
         bar.stop()
@@ -324,9 +372,13 @@ def walk(
                 say(f"{label} ({components[name]}):")
             print_transitions(t, console)
     if summary.failed:
-        console.print(f"{len(summary.failed)} of {summary.total} checkpoints failed:", style="red", highlight=False)
+        console.print(f"{len(summary.failed)} of {summary.total} checkpoints failed:", style="red")
         for f in summary.failed:
             say(f"  {f['message']}")
+    nothing = every_estimate_failed(out, [c.step for c in todo])
+    if nothing:
+        console.print(nothing, style="red", soft_wrap=True)
+    if summary.failed or nothing:
         raise typer.Exit(1)
 
 
@@ -353,7 +405,7 @@ def inspect(results: ResultsArg, as_json: AsJson = False, debug: Debug = False):
                  f"  model:   {model.get('spec', model.get('class', ''))}  ({a.get('num_params')} parameters)",
                  f"  data:    {data.get('path', '')}  {a.get('num_samples')} samples  "
                  f"sha256 {str(data.get('sha256', ''))[:12]}"):
-        out.print(line, highlight=False, markup=False)
+        out.print(line)
 
     def ok(r, cell):
         return cell(r) if r.status == "ok" else ""
@@ -370,7 +422,7 @@ def inspect(results: ResultsArg, as_json: AsJson = False, debug: Debug = False):
         ("reasons", lambda r: short(r.reasons) if r.status == "ok" else r.message, False),
     ]), soft_wrap=False, crop=False)
     if (t.verdict != "ok").any():
-        out.print("  (full reasons: --json, or the `reasons` dataset)", highlight=False, markup=False)
+        out.print("  (full reasons: --json, or the `reasons` dataset)")
 
 
 @app.command()

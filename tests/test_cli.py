@@ -2,12 +2,16 @@
 
 Option parsing (a --config file, the command line winning), one-line errors with exit code 2, the --dry-run
 listing, and the output of `version`, `validate` (and its old name `reference`), `inspect`, `transitions`,
-`plot`, `calibrate` and `demo --quick`. The commands run in-process (typer's CliRunner). What a walk computes and
-stores is tested with the walker (tests/runs/test_walker.py, which drives most walks through `slt-probe walk`).
+`plot`, `calibrate` and `demo --quick`; user text (paths, messages) printed literally, never as Rich markup or emoji;
+the stored command, which replays the walk; the exit code of a walk whose every estimate failed. The commands run
+in-process (typer's CliRunner). What a walk computes and stores is tested with the walker (tests/runs/test_walker.py,
+which drives most walks through `slt-probe walk`).
 """
 
+import io
 import json
 import re
+import shlex
 
 import h5py
 import numpy as np
@@ -15,14 +19,18 @@ import pytest
 import torch
 from curves import rise_then_hidden_fall as make_rise_then_hidden_fall
 from modelfiles import MODELS_DIR
+from rich.console import Console
+from rich.errors import MarkupError
+from rich.markup import render as render_markup
 from typer.testing import CliRunner
-from walkrun import STEPS, invoke, make_run, one_line_error, walk_args
+from walkrun import STEPS, invoke, make_run, one_line_error, train_checkpoints, walk_args
 
 import slt_probe
-from slt_probe import store
+from slt_probe import cli, store
 from slt_probe.analysis.transitions import TransitionConfig
 from slt_probe.cli import app
 from slt_probe.engine.closed_forms import dln_learning_coefficient
+from slt_probe.errors import InputError
 
 
 @pytest.fixture()
@@ -210,6 +218,141 @@ def test_the_plot_command_draws_the_stages(rise_then_hidden_fall, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# user text is printed as given: never read as Rich markup or emoji codes
+
+# a path that Rich markup would mangle ([lr=1e-3] is a tag, [bold] a style), turn into an emoji (:factory:) or refuse
+# outright (closing tags [/z] and a second [/bold] that match no open tag: MarkupError); '/' makes it nested folders
+ODD = "run[lr=1e-3][/z]:factory:[bold]x[/bold][/bold]"
+
+
+def test_paths_that_look_like_markup_are_printed_literally_by_walk_inspect_transitions_and_plot(tmp_path):
+    with pytest.raises(MarkupError):
+        render_markup(ODD)  # what reading it as markup does
+    run = tmp_path / ODD
+    run.mkdir(parents=True)
+    make_run(run)
+    train_checkpoints(run / "ckpts", np.load(run / "data.npy"), steps=[0, 5, 10, 15, 20, 25, 30])  # enough for stages
+    bad = run / "ckpts" / "step_40.pt"
+    bad.write_bytes((run / "ckpts" / "step_30.pt").read_bytes()[:100])  # truncated: its row's message has the path
+    results = run / "results.h5"
+
+    code, out = invoke(*walk_args(run, quiet=False))
+    assert code == 1, out  # one checkpoint could not be used: exit 1, as before
+    assert "1 of 8 checkpoints failed:" in out and "every estimate failed" not in out, out
+    assert out.count(f"{bad}: not a readable torch checkpoint") == 2, out  # its FAILED line and the summary at the end
+    assert f"7 estimated, 0 already done → {results}" in out, out
+    assert "🏭" not in out and "Traceback" not in out, out
+    assert "developmental stages" in out and store.read_transitions(results) is not None, out  # the end of the walk ran
+
+    code, out = invoke("inspect", results)
+    assert code == 0, out
+    assert out.startswith(f"{results}  8 checkpoints"), out
+    assert f"--data {shlex.quote(str(run / 'data.npy'))}" in out and f"data:    {run / 'data.npy'}" in out, out
+    assert re.search(rf"40 │ failed .*{re.escape(ODD)}/ckpts/step_40\.pt: not a readable", out), out  # its message
+    assert "🏭" not in out, out
+
+    code, out = invoke("transitions", results, "--resamples", "20")
+    assert code == 0 and "developmental stages" in out, out
+    code, out = invoke("plot", results, "-o", run / "curves.png")
+    assert code == 0 and out.strip() == f"wrote {run / 'curves.png'}", out
+
+
+def test_tables_progress_bars_and_consoles_read_no_markup():
+    text = "[/z] [lr=1e-3] :factory: [bold]x"
+    for con in (Console(file=io.StringIO(), width=120), cli.plain_console(file=io.StringIO(), width=120)):
+        con.print(cli.table([text], [("column", lambda r: r, False)], title=text))  # Text cells, on any console
+        assert con.file.getvalue().count(text) == 2, con.file.getvalue()  # the title and the cell
+    for con in (cli.console, cli.stdout_console()):  # what the commands print on: markup, emoji off by construction
+        assert con.render_str(text).plain == text
+    bar = cli.progress_bar(quiet=False)
+    bar.add_task(text, total=3)
+    assert bar.columns[0].render(bar.tasks[0]).plain.strip() == text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the stored command replays the walk
+
+
+def test_the_stored_command_parses_to_the_same_parameters(run, tmp_path, monkeypatch):
+    """command_line(ctx), run again, parses to the very same parameters (and so to itself): options given once
+    per value, flags in their given form, nothing that was not given, everything shell-quoted."""
+    seen = []
+    real = cli.command_line
+
+    def spy(ctx):  # records what was parsed and what would be stored, then stops before any work
+        seen.append((dict(ctx.params), real(ctx)))
+        raise InputError("stopped before the walk")
+
+    monkeypatch.setattr(cli, "command_line", spy)
+
+    def replay(*args):
+        code, out = invoke(*args)
+        assert code == 2 and "stopped before the walk" in out, out
+        params, command = seen.pop()
+        argv = shlex.split(command)
+        assert argv[:2] == ["slt-probe", "walk"], command
+        code, out = invoke(*argv[1:])
+        assert code == 2 and "stopped before the walk" in out, out
+        assert seen.pop() == (params, command)
+        return argv
+
+    monkeypatch.chdir(tmp_path)
+    odd = "-my run 'a' [x] $HOME"  # a leading '-', spaces, quotes, brackets, a shell variable
+    (tmp_path / odd).symlink_to(run / "ckpts")
+    model = f"{MODELS_DIR / 'attn_only.py'}:attn_only"
+    argv = replay("walk", "--model", model, "--refine", r"layer0=^blocks\.0\.", "--refine", r"both=^blocks\.(0|1)\. ",
+                  "--no-transitions", "--overwrite", "--steps", "10, 30", "--lr", "3e-4", "--no-quiet", "-o",
+                  tmp_path / "out file.h5", "--engine", "slt", "--", odd)
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--refine"] == [r"layer0=^blocks\.0\.",
+                                                                           r"both=^blocks\.(0|1)\. "]
+    assert {"--no-transitions", "--overwrite", "--no-quiet"} <= set(argv) and argv[argv.index("--engine") + 1] == "slt"
+    assert argv[argv.index("--steps") + 1] == "10, 30"
+    assert argv[argv.index("--out") + 1] == str(tmp_path / "out file.h5")
+    assert argv[-2:] == ["--", odd]  # an argument that looks like an option comes after '--'
+    assert not {"--transitions", "--dry-run", "--debug", "--every", "()", "[]"} & set(argv)
+    # only what was given
+    ckpts = str(run / "ckpts")
+    assert replay("walk", ckpts, "--model", model) == ["slt-probe", "walk", ckpts, "--model", model]
+    assert replay("walk", ckpts, "--refine", "a=x") == ["slt-probe", "walk", ckpts, "--refine", "a=x"]
+
+
+def test_a_walk_run_again_from_its_stored_command_is_the_same_walk(run):
+    code, out = invoke(*walk_args(run, "w.h5", "--refine", r"layer0=^blocks\.0\.", "--refine", r"layer1=^blocks\.1\.",
+                                  "--no-transitions", "--steps", "10,30"))
+    assert code == 0, out
+    first = slt_probe.load_results(run / "w.h5")
+    (run / "w.h5").rename(run / "first.h5")
+    argv = shlex.split(first.attrs["command"])
+    assert argv.count("--refine") == 2 and "--no-transitions" in argv and "()" not in argv, argv
+    code, out = invoke(*argv[1:])
+    assert code == 0, out
+    again = slt_probe.load_results(run / "w.h5")  # written anew, where the command says
+    assert again.attrs["command"] == first.attrs["command"]
+    for key in ("config", "config_resolved", "model", "data", "loss", "checkpoint_dir"):
+        assert again.attrs[key] == first.attrs[key], key
+    assert list(again.table.step) == [10, 30]
+    np.testing.assert_array_equal(again.table.llc_mean, first.table.llc_mean)  # same settings, same seed
+    assert set(store.Refined.read(run / "w.h5").params) == {"layer0", "layer1"}
+    assert store.read_transitions(run / "w.h5") is None  # --no-transitions, replayed
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exit codes
+
+
+def test_walk_exits_1_when_every_estimate_failed(run):
+    code, out = invoke(*walk_args(run, "d.h5", "--lr", "1e6"))  # every chain diverges at every checkpoint
+    assert code == 1, out
+    t = slt_probe.load_results(run / "d.h5").table
+    assert set(t.status) == {"ok"} and set(t.verdict) == {"fail"}  # estimated, but nothing measured
+    lines = [line for line in out.splitlines() if "every estimate failed" in line]
+    assert len(lines) == 1 and "all 4 checkpoints" in lines[0] and "diverged" in lines[0], out
+    assert "checkpoints failed" not in out, out  # every checkpoint could be used
+    code, out = invoke(*walk_args(run, "d.h5", "--lr", "1e6"))  # resumed: the rows are done, the verdict stands
+    assert code == 1 and "every estimate failed" in out, out
+
+
+# ----------------------------------------------------------------------------------------------------------
 # calibrate
 
 
@@ -290,3 +433,38 @@ def test_the_quick_demo_runs_the_whole_pipeline(tmp_path):
     assert set(report["aligned_refined"]) <= {name for name, at in report["onsets"].items() if at is not None}
     assert all(r["component"] in ("layer0", "layer1") for r in report["aligned_refined"].values())
     assert "refined λ̂ of layer0" in result.output
+
+
+def test_a_second_writer_stops_in_one_line_naming_the_first_or_waits_for_it(run):
+    import subprocess
+    import sys
+
+    hold = ("import sys, time\nfrom slt_probe.store import WriterLock\nWriterLock(sys.argv[1]).acquire()\n"
+            "print('locked', flush=True)\ntime.sleep(float(sys.argv[2]))")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run / "held.h5"), "60"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    try:
+        code, out = invoke(*walk_args(run, "held.h5"))
+        line = one_line_error(out)
+        assert code == 2 and f"pid {holder.pid}" in line and "--wait" in line and "--overwrite" not in line
+        assert not (run / "held.h5").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run / "held.h5"), "1"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    code, out = invoke(*walk_args(run, "held.h5", "--wait"))
+    holder.wait()
+    assert code == 0, out
+    assert list(slt_probe.load_results(run / "held.h5").table.step) == STEPS
+
+
+def test_a_full_disk_is_one_line_and_a_non_zero_exit(run, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.results, "write", full_disk)
+    code, out = invoke(*walk_args(run, "full.h5"))
+    line = one_line_error(out)
+    assert code == 2 and str(run / "full.h5") in line and "No space left on device" in line
+    assert not (run / "full.h5").exists()

@@ -24,8 +24,8 @@ from torch import nn
 from slt_probe.engine.data import (Data, LossFn, as_tuple, batch_schedule, check_lm_tokens, lm_cross_entropy, num_samples,
                              take, to_device)
 from slt_probe.engine.devinterp import sample_devinterp
-from slt_probe.engine.diagnostics import ACCEPTANCE_WARN, ESS_WARN, RHAT_WARN, Diagnostics, diagnose
-from slt_probe.engine.sampler import ChainTrace, SGLDConfig, count_params, faster_method, resolve_device, run_chains
+from slt_probe.engine.diagnostics import Diagnostics, diagnose
+from slt_probe.engine.sampler import ChainTrace, SGLDConfig, auto_method, count_params, resolve_device, run_chains
 
 
 @dataclass
@@ -62,17 +62,7 @@ class LLCResult:
 
 def failed_checks(r: LLCResult) -> list[str]:
     """The diagnostics.ADVICE keys of the checks an estimate did not pass (calibrate's pass / fail)."""
-    d = r.diagnostics
-    checks = {
-        "diverged": d.chains_ok < r.config.chains or not math.isfinite(r.llc_mean),
-        "mala": d.acceptance < ACCEPTANCE_WARN,
-        "negative": r.llc_mean < 0,
-        "drift": any(reason.startswith("the trace still drifts") for reason in d.reasons),
-        "rhat": d.rhat > RHAT_WARN,
-        "ess": d.ess_bulk < ESS_WARN,
-        "bound": any("exceeds d/2" in reason for reason in d.reasons),
-    }
-    return [k for k, bad in checks.items() if bad]
+    return list(r.diagnostics.failed)
 
 
 def summarize(
@@ -207,16 +197,10 @@ def _prepare(model: nn.Module, data: Data, config: SGLDConfig) -> tuple[nn.Modul
 
 
 def sampling_method(model: nn.Module, data: Data, loss_fn: Optional[LossFn], config: SGLDConfig) -> str:
-    """config.method, with "auto" resolved for this model: the faster of vmap and loop on the first minibatch.
+    """config.method, with "auto" resolved for this model (sampler.auto_method: by size and device, not by timing).
 
-    A walk or a training hook resolves it once and keeps it: the two paths agree only to float rounding, and a
-    choice that changed with the machine's load would make reruns differ.
+    A walk or a training hook resolves it once and stores it, so that a resumed run samples as the first did.
     """
     if config.method != "auto":
         return config.method
-    config = config.resolved(num_samples(data))
-    if loss_fn is None:
-        check_lm_tokens(data)
-        loss_fn = lm_cross_entropy
-    work, data, schedule = _prepare(model, data, config)
-    return faster_method(work, loss_fn, take(data, schedule[0]), config.chains)
+    return auto_method(count_params(model), config.chains, resolve_device(config.device))

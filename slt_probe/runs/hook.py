@@ -19,7 +19,8 @@ not depend on where it is called).
 Every estimate uses the same resolved config, seed and sampling method (common random numbers, as in the
 walk), so the curve's differences are the model's. A failing estimate (a NaN loss, a forward pass that
 raises) is recorded as a failed row and never stops training; a diverged one is recorded with verdict fail.
-The file is rewritten atomically after each measurement (store): readers may open it at any time, and
+The hook is the file's one writer (a lock beside it, held from the hook's creation until close() or the process
+ends). The file is rewritten atomically after each measurement (store): readers may open it at any time, and
 a training process killed at any moment leaves the last complete version. A restarted training with the
 same config appends to it (a row for a step measured again is replaced).
 """
@@ -315,6 +316,11 @@ class LLCHook:
         except OSError as e:  # a full disk must not end the training; the rows stay here for the next write
             warnings.warn(f"LLCHook: could not write {self.out} ({e}); will retry at the next measurement",
                           RuntimeWarning, stacklevel=3)
+
+    def close(self) -> None:
+        """Let another process write `out` (the hook holds the file's writer lock from its creation on; a process
+        that ends releases it too)."""
+        self.file.close()
 
     def __repr__(self) -> str:
         return f"LLCHook(out={str(self.out)!r}, schedule={self.schedule}, measured={len(self.measured)})"

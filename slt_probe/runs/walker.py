@@ -26,7 +26,7 @@ from slt_probe.analysis.transitions import Transitions
 from slt_probe.engine.data import Data, LossFn, num_samples, to_device
 from slt_probe.engine.estimate import estimate_llc, sampling_method
 from slt_probe.engine.sampler import SGLDConfig, count_params, resolve_device
-from slt_probe.errors import CheckpointError, InputError, first_line
+from slt_probe.errors import CheckpointError, InputError, OutputError, first_line
 from slt_probe.inputs.checkpoints import Checkpoint, checkpoint_sha256, discover, load_into, load_state_dict, select
 from slt_probe.inputs.specs import RunSpec, load_inputs
 from slt_probe.runs.detect import detect_all
@@ -64,6 +64,14 @@ def _measure(probe: Probe, model: nn.Module) -> dict[str, Any]:
         return {name: float("nan") for name in probe.info}
 
 
+def _stamp(ckpt: Checkpoint) -> tuple:
+    """(size, modification time) of each of the checkpoint's files: what changes when a trainer rewrites it."""
+    try:
+        return tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in ckpt.files)
+    except OSError as e:
+        raise CheckpointError(f"{ckpt.path}: cannot be read ({e.strerror or e})") from None
+
+
 def _relative(path: Path, root: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path(root).resolve()))
@@ -86,6 +94,7 @@ def walk(
     on_event: Optional[Event] = None,
     probes: Optional[Probe] = None,
     refine: Optional[dict[str, str]] = None,
+    wait: bool = False,
 ) -> WalkSummary:
     """Estimate λ̂ at every checkpoint (in step order) and write them to `out`.
 
@@ -96,22 +105,28 @@ def walk(
     probes: behavioural measurements at each checkpoint (probes.py), stored in the file's `probes` group.
     refine: {name: regex over parameter names}: at each checkpoint also the refined λ̂ of each such component
       (config.params, Wang et al. 2024), same settings and seed, stored in the file's `refined` group.
-    Raises InputError before any work when `out` holds a different walk (and overwrite is False).
+    wait: when another process is writing `out`, wait for it instead of refusing (InputError naming it).
+    Raises InputError before any work when `out` cannot be written, is being written by another process, or holds a
+    different walk (and overwrite is False); OutputError when it cannot be written later (a full disk: the file keeps
+    the rows written before).
     """
     if isinstance(checkpoints, (str, Path)):  # a folder: every checkpoint in it
         root, checkpoints = checkpoints, discover(checkpoints)[0]
     w = _Walk(out, model, data, loss_fn, config or SGLDConfig(), engine, meta, overwrite, on_event, probes,
-              dict(refine or {}))
-    summary = WalkSummary(out=Path(out), total=len(checkpoints), method=w.method)
-    for i, ckpt in enumerate(checkpoints):
-        w.checkpoint(i, ckpt, Path(root), summary)
+              dict(refine or {}), wait)
+    try:
+        summary = WalkSummary(out=Path(out), total=len(checkpoints), method=w.method)
+        for i, ckpt in enumerate(checkpoints):
+            w.checkpoint(i, ckpt, Path(root), summary)
+    finally:
+        w.file.close()
     return summary
 
 
 class _Walk:
     """One walk's fixed settings (config, device, sampling method, components) and its results file."""
 
-    def __init__(self, out, model, data, loss_fn, config, engine, meta, overwrite, on_event, probes, refine):
+    def __init__(self, out, model, data, loss_fn, config, engine, meta, overwrite, on_event, probes, refine, wait):
         self.emit = on_event or (lambda kind, **info: None)
         self.config = config = config.resolved(num_samples(data))
         self.device = resolve_device(config.device)
@@ -124,10 +139,14 @@ class _Walk:
             self._count(config.params, "--params")
         num_params = {name: self._count(p, f"refine {name}") for name, p in refine.items()}
 
-        self.file = store.ResultsFile(out, config, overwrite=overwrite)
-        self.file.adopt(attrs)  # refuses, before any work, to continue a file that holds another computation
-        self.probe_values = self.file.resumed_probes() if probes is not None else {}
-        self.refined = self.file.resumed_refined(refine, num_params)
+        self.file = store.ResultsFile(out, config, overwrite=overwrite, wait=wait)  # this walk's until it ends
+        try:
+            self.file.adopt(attrs)  # refuses, before any work, to continue a file that holds another computation
+            self.probe_values = self.file.resumed_probes() if probes is not None else {}
+            self.refined = self.file.resumed_refined(refine, num_params)
+        except BaseException:
+            self.file.close()
+            raise
         method = self.file.previous.get("method") if self.file.previous is not None else None
         if engine == "devinterp":
             method = "devinterp"
@@ -149,7 +168,17 @@ class _Walk:
                        refined=self.refined if self.refine else None)
 
     def load(self, ckpt: Checkpoint) -> None:
-        load_into(self.model, load_state_dict(ckpt, self.device), source=str(ckpt.path))
+        """The checkpoint's weights into the model; CheckpointError when it cannot be read, or changed (a trainer
+        rewrote or rotated it) while it was read."""
+        before = _stamp(ckpt)
+        try:
+            state = load_state_dict(ckpt, self.device)
+        except OSError as e:  # vanished since it was found
+            raise CheckpointError(f"{ckpt.path}: cannot be read ({e.strerror or e})") from None
+        if _stamp(ckpt) != before:
+            raise CheckpointError(f"{ckpt.path}: changed while it was read (size or modification time); "
+                                  f"walk it again once it is written")
+        load_into(self.model, state, source=str(ckpt.path))
 
     def estimate_refined(self, step: int, only_missing: bool = False) -> None:
         """The refined λ̂ of each component at the model's current weights (one row each; NaN where it fails)."""
@@ -171,14 +200,14 @@ class _Walk:
         """Estimate one checkpoint into its row, or skip it when the file has it with the same weights."""
         start = time.perf_counter()
         try:
-            sha = checkpoint_sha256(ckpt)
-        except OSError as e:
-            sha, error = "", f"{ckpt.path}: cannot be read ({e.strerror or e})"
-        else:
-            error = None
+            sha, error = checkpoint_sha256(ckpt), None
+        except (OSError, CheckpointError) as e:  # vanished or unreadable since it was found
+            sha, error = "", str(e) if isinstance(e, CheckpointError) else f"{ckpt.path}: cannot be read ({e})"
         old = self.file.rows.get(ckpt.step)
-        if error is None and old is not None and old["status"] == "ok" and old["sha256"] == sha:
-            self.complete(ckpt)
+        if old is not None and old["status"] == "ok" and (old["sha256"] == sha or error is not None):
+            # done with the same weights; or done before and gone now (a trainer rotated it): its row is kept
+            if error is None:
+                self.complete(ckpt, summary)
             summary.skipped += 1
             self.emit("skip", index=i, checkpoint=ckpt, row=old)
             return
@@ -198,6 +227,8 @@ class _Walk:
                 self.estimate_refined(ckpt.step)
             except CheckpointError as e:
                 error = str(e)
+            except OutputError:
+                raise
             except (ValueError, RuntimeError, TypeError, IndexError) as e:  # the forward pass failed on these weights
                 error = f"{ckpt.path}: {type(e).__name__}: {first_line(e)}"
         if error is not None:
@@ -211,12 +242,16 @@ class _Walk:
         self.save()
         self.emit("done", index=i, checkpoint=ckpt, row=row)
 
-    def complete(self, ckpt: Checkpoint) -> None:
+    def complete(self, ckpt: Checkpoint, summary: WalkSummary) -> None:
         """A checkpoint done before without the probes or components asked for now: add them."""
         missing_probes = self.probes is not None and ckpt.step not in self.probe_values
         missing_refined = any(ckpt.step not in self.refined.values[name] for name in self.refine)
         if missing_probes or missing_refined:
-            self.load(ckpt)
+            try:
+                self.load(ckpt)
+            except CheckpointError as e:  # its row stands; what could not be added is said
+                summary.failed.append({"step": ckpt.step, "path": str(ckpt.path), "message": str(e)})
+                return
             if missing_probes:
                 self.probe_values[ckpt.step] = _measure(self.probes, self.model)
             self.estimate_refined(ckpt.step, only_missing=True)
@@ -245,6 +280,7 @@ def walk_folder(
     detect: bool = True,
     command: str = "",
     on_event: Optional[Event] = None,
+    wait: bool = False,
 ) -> WalkSummary:
     """`slt-probe walk`: the checkpoints of a folder (steps / every / max_checkpoints select some), with model, data
     and loss built from `spec`, walked into `out`; then, with detect, the stages of the LLC and of each refined λ̂.
@@ -253,6 +289,7 @@ def walk_folder(
     """
     if engine not in ("slt", "devinterp"):
         raise InputError(f"--engine must be slt or devinterp, got {engine!r}")
+    store.check_output(Path(out))  # before anything is loaded
     todo, _, _ = plan(ckpt_dir, steps=steps, every=every, max_checkpoints=max_checkpoints)
     inputs = load_inputs(spec, todo[0], engine=engine)
     if config.batch_size > num_samples(inputs.data):
@@ -264,7 +301,8 @@ def walk_folder(
     meta = {"command": command, "config": config.to_dict(), "model": inputs.model_desc, "data": inputs.data_desc,
             "loss": spec.loss or "next-token cross-entropy", "checkpoint_dir": str(Path(ckpt_dir).resolve())}
     summary = walk(todo, out, model=inputs.model, data=inputs.data, loss_fn=inputs.loss_fn, config=config,
-                   engine=engine, root=ckpt_dir, meta=meta, overwrite=overwrite, on_event=on_event, refine=refine)
+                   engine=engine, root=ckpt_dir, meta=meta, overwrite=overwrite, on_event=on_event, refine=refine,
+                   wait=wait)
     if detect:
         summary.transitions = detect_all(out, refined=list(refine or {}))
     return summary

@@ -11,9 +11,10 @@ from slt_probe.store.atomic import atomic_path, commit, remove_stale_temporaries
 from slt_probe.store.calibration import CALIBRATION_SCHEMA, write_calibration
 from slt_probe.store.groups import REFINED_FIELDS, Probes, Refined
 from slt_probe.store.h5 import STR, decode_attr, encode_attr, utc_now, versions, write_group
+from slt_probe.store.lock import WriterLock
 from slt_probe.store.results import (COLUMNS, KEPT_GROUPS, RESUME_FREE, SCHEMA, SCHEMA_VERSION, Results, ResultsFile,
-                                     check_same_run, describe_difference, empty_row, fail_row, fill_row, load_results,
-                                     read, read_arrays, run_attrs, write)
+                                     check_output, check_same_run, describe_difference, empty_row, fail_row, fill_row,
+                                     load_results, read, read_arrays, run_attrs, write)
 from slt_probe.store.transitions import (BOUNDARY_FIELDS, SPURT_FIELDS, STAGE_FIELDS, Boundary, Spurt, Stage,
                                          TransitionConfig, Transitions, read_transitions, transitions_group,
                                          write_transitions)
@@ -23,6 +24,6 @@ __all__ = [
     "REFINED_FIELDS", "Probes", "Refined", "STR", "decode_attr", "encode_attr", "utc_now", "versions",
     "write_group", "COLUMNS", "KEPT_GROUPS", "RESUME_FREE", "SCHEMA", "SCHEMA_VERSION", "Results", "ResultsFile",
     "check_same_run", "describe_difference", "empty_row", "fail_row", "fill_row", "load_results", "read",
-    "read_arrays", "run_attrs", "write", "BOUNDARY_FIELDS", "SPURT_FIELDS", "STAGE_FIELDS", "Boundary", "Spurt",
+    "read_arrays", "run_attrs", "write", "WriterLock", "check_output", "BOUNDARY_FIELDS", "SPURT_FIELDS", "STAGE_FIELDS", "Boundary", "Spurt",
     "Stage", "TransitionConfig", "Transitions", "read_transitions", "transitions_group", "write_transitions",
 ]

@@ -50,6 +50,19 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def remove_stale_temporaries(path: Path | str) -> None:
-    """Temporaries left by a killed writer of `path` (never the live file)."""
+    """Temporaries of `path` left by writers that are dead (never the live file, never a running writer's)."""
     for tmp in Path(path).parent.glob(f"{Path(path).name}.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            continue
         tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists is checked
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        return True
+    return True

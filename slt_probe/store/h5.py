@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from slt_probe.store.atomic import atomic_path
+from slt_probe.store.lock import WriterLock
 
 STR = h5py.string_dtype()
 
@@ -55,7 +56,7 @@ def decode_attr(value: Any) -> Any:
 
 def write_group(path: Path, name: str, fill: Callable[[h5py.Group], None]) -> None:
     """Replace group `name` of an existing results file, atomically: fill(group) writes its contents."""
-    with atomic_path(path) as tmp:
+    with WriterLock(path), atomic_path(path) as tmp:
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "a") as f:
             if name in f:

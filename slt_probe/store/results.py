@@ -15,6 +15,7 @@ old one (atomic.py), so at any moment `results.h5` is the last complete version,
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -27,8 +28,9 @@ from torch import nn
 from slt_probe.engine.data import Data, num_samples
 from slt_probe.engine.estimate import LLCResult
 from slt_probe.engine.sampler import SGLDConfig
-from slt_probe.errors import InputError
+from slt_probe.errors import InputError, OutputError
 from slt_probe.store.atomic import atomic_path, remove_stale_temporaries
+from slt_probe.store.lock import WriterLock
 from slt_probe.store.groups import Probes, Refined
 from slt_probe.store.h5 import STR, decode_attr, encode_attr, utc_now, versions
 from slt_probe.store.transitions import Transitions, read_transitions
@@ -155,19 +157,37 @@ class ResultsFile:
     """
 
     def __init__(self, path: Path | str, config: SGLDConfig, *, overwrite: bool = False,
-                 hint: str = "write elsewhere with --out, or pass --overwrite to start again"):
+                 hint: str = "write elsewhere with --out, or pass --overwrite to start again", wait: bool = False):
         self.path, self.config, self.hint = Path(path), config, hint
         self.previous: Optional[dict[str, Any]] = None  # the attrs of the run this one continues
         self.rows: dict[int, dict[str, Any]] = {}
         self.attrs: dict[str, Any] = {}
-        if self.path.exists() and not overwrite:
-            try:
-                self.previous, rows = read(self.path)
-            except (OSError, ValueError) as e:
-                raise InputError(f"{self.path}: exists and is not a readable slt-probe results file ({e}); "
-                                 f"{hint}") from None
-            self.rows = {r["step"]: r for r in rows}
-        remove_stale_temporaries(self.path)
+        check_output(self.path)
+        self.lock = WriterLock(self.path).acquire(wait)  # held until close(): one writer at a time
+        try:
+            if self.path.exists() and not overwrite:
+                self.previous, rows = self._read_previous()
+                self.rows = {r["step"]: r for r in rows}
+            remove_stale_temporaries(self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_previous(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        try:
+            return read(self.path)
+        except OSError as e:  # unreadable: never advise --overwrite, it would destroy a file that may be valid
+            raise InputError(f"{self.path}: exists but cannot be read ({' '.join(str(e).split())}); nothing was "
+                             f"changed; write elsewhere with --out") from None
+        except ValueError as e:
+            raise InputError(f"{self.path}: exists and is not an slt-probe results file ({e}); nothing was changed; "
+                             f"write elsewhere with --out") from None
+
+    def close(self) -> None:
+        """Let another writer have the file."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def check(self, attrs: dict[str, Any]) -> None:
         """InputError when the run this one continues computed something else than `attrs` describes."""
@@ -207,9 +227,27 @@ class ResultsFile:
         return row
 
     def save(self, probes: Optional[Probes] = None, refined: Optional[Refined] = None) -> None:
-        """The whole file, atomically: the rows so far, and the probes and refined groups (carried over when None)."""
-        write(self.path, self.attrs, list(self.rows.values()), self.config.chains, self.config.draws,
-              self.config.burnin, probes=probes, refined=refined)
+        """The whole file, atomically: the rows so far, and the probes and refined groups (carried over when None).
+        OutputError when it cannot be written (a full disk): the file keeps its last complete version."""
+        try:
+            write(self.path, self.attrs, list(self.rows.values()), self.config.chains, self.config.draws,
+                  self.config.burnin, probes=probes, refined=refined)
+        except OSError as e:
+            raise OutputError(f"{self.path}: could not be written ({e.strerror or e}); it keeps what it held "
+                              f"before") from None
+
+
+def check_output(path: Path) -> None:
+    """Refuse, before any work, a results file that could not be written: creates its folder, refuses a folder
+    or a folder that cannot be created (InputError, one line)."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; the results file goes inside it, e.g. --out {path / 'results.h5'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{path.parent}: cannot create the folder for the results file ({e.strerror or e})") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise InputError(f"{path.parent}: the results file cannot be written there (no write permission)")
 
 
 # ----------------------------------------------------------------------------------------------------------
