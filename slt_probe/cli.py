@@ -183,21 +183,6 @@ def command_line(ctx: typer.Context) -> str:
     return shlex.join(["slt-probe", ctx.info_name or "walk", *parts])
 
 
-def every_estimate_failed(out: str, steps: list[int]) -> Optional[str]:
-    """Why the walk of `steps` into `out` measured nothing, when every row of them that was estimated (status ok)
-    got verdict fail, e.g. every chain diverged; else None."""
-    try:
-        t = load_results(out).table
-    except (OSError, ValueError):
-        return None
-    rows = t[t.step.isin(steps) & (t.status == "ok")]
-    if rows.empty or (rows.verdict != "fail").any():
-        return None
-    reasons = [r for r in str(rows.reasons.iloc[0]).split("; ") if r]
-    why = f": {reasons[-1]}" if reasons else ""
-    return f"every estimate failed: verdict fail at all {len(rows)} checkpoints estimated{why}"
-
-
 def parse_list(text: Optional[str], option: str, kind: type) -> Optional[list]:
     """--steps 100,200 / --lr 1e-4,3e-4: comma-separated values of `kind`; None stays None."""
     if text is None:
@@ -375,7 +360,7 @@ def walk(
         console.print(f"{len(summary.failed)} of {summary.total} checkpoints failed:", style="red")
         for f in summary.failed:
             say(f"  {f['message']}")
-    nothing = every_estimate_failed(out, [c.step for c in todo])
+    nothing = summary.nothing_estimated
     if nothing:
         console.print(nothing, style="red", soft_wrap=True)
     if summary.failed or nothing:

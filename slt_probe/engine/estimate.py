@@ -174,17 +174,6 @@ def sample(
 
     per_chain: {"lr" | "localization" | "nbeta": [chains] values} samples a hyperparameter grid in one run.
     """
-    work, data, schedule = _prepare(model, data, config)
-    num_params = count_params(work, config.params)  # all, or those config.params selects (a refined LLC's d)
-    init_loss = evaluate_loss(work, loss_fn, data, schedule[config.burnin :], chunk=4 * config.batch_size)
-    if not math.isfinite(init_loss):
-        raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")
-    trace = run_chains(work, loss_fn, data, config, schedule, progress=progress, per_chain=per_chain)
-    return trace, init_loss, num_params
-
-
-def _prepare(model: nn.Module, data: Data, config: SGLDConfig) -> tuple[nn.Module, Data, torch.Tensor]:
-    """(a frozen copy of the model in eval mode, the data, the minibatch schedule [T, B]) on the sampling device."""
     device = resolve_device(config.device)
     work = copy.deepcopy(model).to(device=device, dtype=getattr(torch, config.dtype)).eval()
     for p in work.parameters():
@@ -193,10 +182,15 @@ def _prepare(model: nn.Module, data: Data, config: SGLDConfig) -> tuple[nn.Modul
     # Minibatches depend on the seed alone: every chain and every checkpoint sees the same sequence.
     schedule = batch_schedule(num_samples(data), config.batch_size, config.steps, config.seed,
                               config.mala_period).to(device)  # [T, B]
-    return work, data, schedule
+    num_params = count_params(work, config.params)  # all, or those config.params selects (a refined LLC's d)
+    init_loss = evaluate_loss(work, loss_fn, data, schedule[config.burnin :], chunk=4 * config.batch_size)
+    if not math.isfinite(init_loss):
+        raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")
+    trace = run_chains(work, loss_fn, data, config, schedule, progress=progress, per_chain=per_chain)
+    return trace, init_loss, num_params
 
 
-def sampling_method(model: nn.Module, data: Data, loss_fn: Optional[LossFn], config: SGLDConfig) -> str:
+def sampling_method(model: nn.Module, config: SGLDConfig) -> str:
     """config.method, with "auto" resolved for this model (sampler.auto_method: by size and device, not by timing).
 
     A walk or a training hook resolves it once and stores it, so that a resumed run samples as the first did.

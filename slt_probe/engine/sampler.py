@@ -208,20 +208,21 @@ class _GradientPaths:
         return torch.stack(losses)
 
 
-# "auto" on the CPU: vmap while chains × parameters stay below this. Measured (one thread, ms per step, vmap vs loop,
-# benchmarks/auto_method.py): deep linear networks of 104-3072 parameters at 4 and 16 chains and of 12288
-# at 4 run 1.2-5x faster vmapped; from 196k chain-parameters on, and for every attention-only transformer (25k-270k
-# parameters, whose activations dominate), the loop is faster (1.1-2.3x). The one miss, a 49k-parameter DLN at 4
-# chains, costs 1.5x. A rule, not a timing: the same command picks the same path, hence the same numbers, whatever
-# the machine's load.
-VMAP_UP_TO = 1 << 16
+# "auto" on the CPU: vmap for models of at most this many parameters, the loop above. Measured twice on a quiet
+# machine (one thread, ms per step, benchmarks/auto_method.py, 30 cases: DLNs of 104-131k parameters and
+# attention-only transformers of 3k-270k, at 2, 4 and 16 chains): it picks the faster path in 23 and 22 cases; the
+# misses cost at most 1.20x and 1.51x (a 49k-parameter DLN, which vmaps faster), most are ties at 2 chains. A bound on
+# chains × parameters as well cost up to 2.4x (a 12k-parameter DLN at 16 chains). A rule, not a timing: the same
+# command picks the same path, hence the same numbers, whatever the machine's load.
+VMAP_PARAMS_UP_TO = 1 << 14
 
 
 def auto_method(num_params: int, chains: int, device: torch.device) -> str:
-    """What "auto" runs: vmap on CUDA (per-step overhead dominates there); on the CPU, vmap for small models."""
+    """What "auto" runs: vmap on CUDA (per-step overhead dominates there); on the CPU, vmap for small models.
+    `chains` is not used on the CPU: measured, the number of chains moved the better path only within noise."""
     if device.type == "cuda":
         return "vmap"
-    return "vmap" if num_params * chains <= VMAP_UP_TO else "loop"
+    return "vmap" if num_params <= VMAP_PARAMS_UP_TO else "loop"
 
 
 def run_chains(

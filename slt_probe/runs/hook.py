@@ -293,7 +293,7 @@ class LLCHook:
                 row.update(self._save_checkpoint(model, step))
             if self.method is None:
                 # "auto" is resolved once, here, and kept: the two paths agree only to float rounding
-                self.method = sampling_method(model, self.data, self.loss_fn, self.config)
+                self.method = sampling_method(model, self.config)
                 self.file.attrs["method"] = self.method
             result = estimate_llc(model, self.data, loss_fn=self.loss_fn,
                                   config=replace(self.config, method=self.method))

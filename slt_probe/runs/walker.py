@@ -26,7 +26,7 @@ from slt_probe.analysis.transitions import Transitions
 from slt_probe.engine.data import Data, LossFn, num_samples, to_device
 from slt_probe.engine.estimate import estimate_llc, sampling_method
 from slt_probe.engine.sampler import SGLDConfig, count_params, resolve_device
-from slt_probe.errors import CheckpointError, InputError, OutputError, first_line
+from slt_probe.errors import CheckpointError, InputError, first_line
 from slt_probe.inputs.checkpoints import Checkpoint, checkpoint_sha256, discover, load_into, load_state_dict, select
 from slt_probe.inputs.specs import RunSpec, load_inputs
 from slt_probe.runs.detect import detect_all
@@ -42,6 +42,18 @@ class WalkSummary:
     method: str = ""
     # walk_folder: the stages of each curve (None: the LLC; else a refined λ̂'s name), or why they were not found
     transitions: dict[Optional[str], Transitions | ValueError] = field(default_factory=dict)
+    # step -> (verdict, reasons) of every walked checkpoint that has an estimate (computed now or before)
+    verdicts: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def nothing_estimated(self) -> Optional[str]:
+        """Why the walk measured nothing, when every checkpoint with an estimate got verdict fail (e.g. every chain
+        diverged); else None."""
+        if not self.verdicts or any(v != "fail" for v, _ in self.verdicts.values()):
+            return None
+        reasons = [r for r in next(iter(self.verdicts.values()))[1].split("; ") if r]
+        why = f": {reasons[-1]}" if reasons else ""
+        return f"every estimate failed: verdict fail at all {len(self.verdicts)} checkpoints estimated{why}"
 
 
 Event = Callable[..., None]  # on_event(kind, **info); kinds: "start", "skip", "steps", "done", "refine_failed"
@@ -67,7 +79,7 @@ def _measure(probe: Probe, model: nn.Module) -> dict[str, Any]:
 def _stamp(ckpt: Checkpoint) -> tuple:
     """(size, modification time) of each of the checkpoint's files: what changes when a trainer rewrites it."""
     try:
-        return tuple((f.stat().st_size, f.stat().st_mtime_ns) for f in ckpt.files)
+        return tuple((st.st_size, st.st_mtime_ns) for st in (f.stat() for f in ckpt.files))
     except OSError as e:
         raise CheckpointError(f"{ckpt.path}: cannot be read ({e.strerror or e})") from None
 
@@ -151,7 +163,7 @@ class _Walk:
         if engine == "devinterp":
             method = "devinterp"
         elif config.method != "auto" or method is None:  # "auto" as an earlier run resolved it, else timed once now
-            method = sampling_method(self.model, self.data, loss_fn, config)
+            method = sampling_method(self.model, config)
         self.method = attrs["method"] = method
         self.run_config = replace(config, method=method) if engine == "slt" else config
 
@@ -201,14 +213,15 @@ class _Walk:
         start = time.perf_counter()
         try:
             sha, error = checkpoint_sha256(ckpt), None
-        except (OSError, CheckpointError) as e:  # vanished or unreadable since it was found
-            sha, error = "", str(e) if isinstance(e, CheckpointError) else f"{ckpt.path}: cannot be read ({e})"
+        except CheckpointError as e:  # vanished or unreadable since it was found
+            sha, error = "", str(e)
         old = self.file.rows.get(ckpt.step)
         if old is not None and old["status"] == "ok" and (old["sha256"] == sha or error is not None):
             # done with the same weights; or done before and gone now (a trainer rotated it): its row is kept
             if error is None:
                 self.complete(ckpt, summary)
             summary.skipped += 1
+            summary.verdicts[ckpt.step] = (old["verdict"], old["reasons"])
             self.emit("skip", index=i, checkpoint=ckpt, row=old)
             return
 
@@ -227,8 +240,6 @@ class _Walk:
                 self.estimate_refined(ckpt.step)
             except CheckpointError as e:
                 error = str(e)
-            except OutputError:
-                raise
             except (ValueError, RuntimeError, TypeError, IndexError) as e:  # the forward pass failed on these weights
                 error = f"{ckpt.path}: {type(e).__name__}: {first_line(e)}"
         if error is not None:
@@ -236,6 +247,7 @@ class _Walk:
             summary.failed.append({"step": ckpt.step, "path": str(ckpt.path), "message": error})
         else:
             summary.computed += 1
+            summary.verdicts[ckpt.step] = (row["verdict"], row["reasons"])
         row["seconds"] = time.perf_counter() - start
         row["finished"] = store.utc_now()
         self.file.rows[ckpt.step] = row

@@ -11,7 +11,7 @@ import numpy as np
 
 from slt_probe.engine.estimate import failed_checks
 from slt_probe.store.atomic import atomic_path
-from slt_probe.store.results import STR, utc_now, versions
+from slt_probe.store.h5 import STR, encode_attr, utc_now, versions
 
 
 CALIBRATION_SCHEMA = "slt-probe.calibration"
@@ -39,7 +39,7 @@ def write_calibration(path: Path, cal, attrs: Optional[dict[str, Any]] = None) -
                             "vectorized": bool(cal.vectorized), "advice": json.dumps(cal.advice),
                             "recommended": -1 if cal.recommended is None else int(cal.recommended)})
             for key, value in (attrs or {}).items():
-                f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+                f.attrs[key] = encode_attr(value)
 
             def put(name, data, description, **kw):
                 f.create_dataset(name, data=data, **kw).attrs["description"] = description

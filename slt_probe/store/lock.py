@@ -17,7 +17,6 @@ import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
 from filelock import FileLock, Timeout
 
@@ -79,8 +78,3 @@ class WriterLock:
 
     def __exit__(self, *exc) -> None:
         self.entered.release()
-
-
-def holds(path: Path | str) -> Optional[WriterLock]:
-    """This process's lock on `path`, when it holds one."""
-    return _HELD.get(_key(path))

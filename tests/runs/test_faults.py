@@ -17,7 +17,7 @@ from walkrun import MODEL_KW, STEPS, make_run
 import slt_probe
 from slt_probe import store
 from slt_probe.engine.estimate import sampling_method
-from slt_probe.engine.sampler import VMAP_UP_TO, auto_method
+from slt_probe.engine.sampler import VMAP_PARAMS_UP_TO, auto_method
 from slt_probe.errors import InputError, OutputError
 from slt_probe.inputs.checkpoints import discover
 from slt_probe.runs import walker
@@ -211,13 +211,14 @@ def test_a_full_disk_stops_the_walk_in_one_line_and_the_file_keeps_its_rows(run,
 
 def test_auto_is_a_rule_not_a_timing():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert auto_method(104, 4, cpu) == "vmap" and auto_method(VMAP_UP_TO // 4, 4, cpu) == "vmap"
-    assert auto_method(VMAP_UP_TO // 4 + 1, 4, cpu) == "loop" and auto_method(67_584, 4, cpu) == "loop"
+    assert auto_method(104, 4, cpu) == "vmap" and auto_method(VMAP_PARAMS_UP_TO, 16, cpu) == "vmap"
+    assert auto_method(VMAP_PARAMS_UP_TO + 1, 2, cpu) == "loop" and auto_method(67_584, 4, cpu) == "loop"
     assert auto_method(67_584, 4, cuda) == "vmap"
+    assert auto_method(25_600, 2, cpu) == "loop"  # an attention-only transformer, where the loop wins at 2 chains too
     model = load_model_file("attn_only").attn_only(**MODEL_KW)  # 2,752 parameters × 4 chains: vmap
     data = torch.randint(0, 32, (64, 9))
     auto = slt_probe.SGLDConfig(chains=4, draws=12, burnin=2, batch_size=16, nbeta=30.0, method="auto")
-    assert sampling_method(model, data, None, auto) == "vmap"
+    assert sampling_method(model, auto) == "vmap"
     a, b = slt_probe.estimate_llc(model, data, config=auto), slt_probe.estimate_llc(model, data, config=auto)
     explicit = slt_probe.estimate_llc(model, data, config=slt_probe.SGLDConfig(**{**auto.to_dict(), "method": "vmap"}))
     assert a.diagnostics.method == "vmap"
