@@ -12,6 +12,7 @@ import math
 import re
 import shlex
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import torch
@@ -27,11 +28,12 @@ from slt_probe.demo import DemoConfig, TrainConfig, run_demo, train_demo
 from slt_probe.engine.dln import check_dln, dln_problem
 from slt_probe.engine.sampler import SGLDConfig
 from slt_probe.errors import InputError, OutputError
+from slt_probe.inputs.curves import is_table
 from slt_probe.inputs.specs import RunSpec, sgld_config
 from slt_probe.runs.calibrate import CalibrationGrid, calibrate_folder
-from slt_probe.runs.detect import detect_and_store
+from slt_probe.runs.detect import detect_and_store, detect_in_csv
 from slt_probe.runs.walker import plan, walk_folder
-from slt_probe.store import load_results, versions
+from slt_probe.store import EXTERNAL_ENGINE, load_results, versions
 
 app = typer.Typer(help="Local learning coefficient (LLC) estimation for developmental interpretability.",
                   no_args_is_help=True, add_completion=False)
@@ -145,6 +147,10 @@ def print_transitions(t: Transitions, out: Console) -> None:
     out.print(table(t.table(), STAGE_COLUMNS, "developmental stages"))
     if t.spurts:
         out.print(table(t.spurts, SPURT_COLUMNS, "spurts (where λ̂ changes fastest)"))
+    if t.noise.get("agrees"):  # otherwise a note says where the noise scale came from
+        what = "the stated s.e." if t.noise["source"] == "stated" else "the chains' s.e."
+        out.print(f"noise: {what}, which the curve's own scatter confirms (scatter / s.e. "
+                  f"{t.noise['scatter_ratio']:.2f}, within ×{t.noise['se_factor']:g})")
     for note in t.notes:
         out.print(f"note: {note}")
 
@@ -382,14 +388,23 @@ def inspect(results: ResultsArg, as_json: AsJson = False, debug: Debug = False):
         return
     out = stdout_console()
     a = res.attrs
-    model, data = a.get("model", {}), a.get("data", {})
-    for line in (f"{results}  {len(t)} checkpoints, engine {a.get('engine')} ({a.get('method')}), "
+    model, data, source = a.get("model", {}), a.get("data", {}), a.get("source")
+    if a.get("engine") == EXTERNAL_ENGINE and isinstance(source, dict):  # a curve read from a table: nothing sampled
+        columns = source.get("columns") or {}
+        lines = (f"{results}  {len(t)} checkpoints, engine external (a λ̂ curve read from a table), "
+                 f"created {a.get('created')}",
+                 f"  command: {a.get('command', '')}",
+                 f"  source:  {source.get('csv', '')}  sha256 {str(source.get('sha256', ''))[:12]}",
+                 "  columns: " + "  ".join(f"{role} {name!r}" for role, name in columns.items() if name))
+    else:
+        lines = (f"{results}  {len(t)} checkpoints, engine {a.get('engine')} ({a.get('method')}), "
                  f"device {a.get('device')}, created {a.get('created')}",
                  f"  command: {a.get('command', '')}",
                  "  config:  " + "  ".join(f"{k} {v}" for k, v in a.get("config_resolved", {}).items()),
                  f"  model:   {model.get('spec', model.get('class', ''))}  ({a.get('num_params')} parameters)",
                  f"  data:    {data.get('path', '')}  {a.get('num_samples')} samples  "
-                 f"sha256 {str(data.get('sha256', ''))[:12]}"):
+                 f"sha256 {str(data.get('sha256', ''))[:12]}")
+    for line in lines:
         out.print(line)
 
     def ok(r, cell):
@@ -412,7 +427,23 @@ def inspect(results: ResultsArg, as_json: AsJson = False, debug: Debug = False):
 
 @app.command()
 def transitions(
-    results: ResultsArg,
+    ctx: typer.Context,
+    results: Annotated[str, typer.Argument(help="HDF5 file written by slt-probe walk, or a CSV/TSV of a λ̂ curve "
+                                                "(.csv, .tsv, .txt, or any file that is not HDF5)")],
+    step: Annotated[Optional[str], typer.Option(help="CSV/TSV input: the step column (default: the one named "
+                                                     "step, _step, Step, global_step or trainer/global_step)")] = None,
+    llc: Annotated[Optional[str], typer.Option(help="CSV/TSV input: the λ̂ column (default: the one named llc, "
+                                                    "llc_mean or lambda_hat)")] = None,
+    se: Annotated[Optional[str], typer.Option(help="CSV/TSV input: the column of λ̂'s standard error (none: the "
+                                                   "noise is estimated from the curve's scatter)")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="CSV/TSV input: the loss column (types the stages A / B "
+                                                     "and finds hidden ones)")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="CSV/TSV input: the results file the curve is "
+                                                                   "written to [<name>.h5 here]")] = None,
+    plot_file: Annotated[Optional[str], typer.Option("--plot", help="also draw the curve and its stages to this "
+                                                                    "image (.png, .pdf, .svg)")] = None,
+    trust_se: Annotated[bool, typer.Option("--trust-se", help="use the stated s.e. as given, even where the "
+                                                              "curve's own scatter disagrees")] = False,
     k_se: Annotated[Optional[float], typer.Option(help="a stage's |Δλ̂| must exceed this many s.e. [3]")] = None,
     hidden_loss_frac: Annotated[Optional[float], typer.Option(help="hidden: |Δloss| below this fraction of the "
                                                                    "run's loss drop [0.05]")] = None,
@@ -431,18 +462,40 @@ def transitions(
     as_json: AsJson = False,
     debug: Debug = False,
 ):
-    """Find stage boundaries in the λ̂ curve, type the stages (A / B), and store them in the results file."""
+    """Find stage boundaries in the λ̂ curve, type the stages (A / B), and store them in the results file.
+
+    A λ̂ curve from elsewhere (a published one, a wandb export) is read from a CSV/TSV table and first written as a
+    results file (--out), e.g. slt-probe transitions curve.csv --step _step --llc llc/mean --se llc/se --loss loss
+    """
     options = dict(k_se=k_se, hidden_loss_frac=hidden_loss_frac, plateau_tol=plateau_tol, spurt_drop=spurt_drop,
-                   spurt_k_se=spurt_k_se, resamples=resamples, min_confidence=min_confidence, seed=seed)
+                   spurt_k_se=spurt_k_se, resamples=resamples, min_confidence=min_confidence, seed=seed,
+                   trust_se=trust_se or None)
+    columns = dict(step=step, llc=llc, se=se, loss=loss)
+    table = is_table(results)
     try:
+        given = [f"--{k}" for k, v in {**columns, "out": out}.items() if v is not None]
+        if not table and given:
+            raise InputError(f"{results}: is a results file (HDF5), not a CSV/TSV curve: leave out {', '.join(given)}")
+        if table and refined is not None:
+            raise InputError(f"{results}: --refined is only for a results file; a CSV/TSV curve has no refined λ̂")
         cfg = replace(TransitionConfig(), **{k: v for k, v in options.items() if v is not None})
-        t = detect_and_store(results, cfg, refined=refined)
+        if table:
+            t, path = detect_in_csv(results, out or f"{Path(results).stem}.h5", **columns, config=cfg,
+                                    command=command_line(ctx))
+        else:
+            t, path = detect_and_store(results, cfg, refined=refined), results
+        image = plot_results(path, plot_file) if plot_file else None
     except (OSError, ValueError) as e:
-        fail(f"{results}: {e}", debug)
+        # errors of the input and the output name their file; the rest are about `results`
+        fail(str(e) if isinstance(e, (InputError, OutputError)) else f"{results}: {e}", debug)
+    if table:
+        say(f"wrote {path}")
+    if image is not None:
+        say(f"wrote {image}")
     if as_json:
         typer.echo(json.dumps({"boundaries": [asdict(b) for b in t.boundaries], "stages": [asdict(s) for s in t.stages],
                                "spurts": [asdict(sp) for sp in t.spurts], "params": asdict(t.config),
-                               "smoothing": t.smoothing, "notes": t.notes}))
+                               "smoothing": t.smoothing, "notes": t.notes, "noise": t.noise, "results": str(path)}))
         return
     print_transitions(t, stdout_console())
 

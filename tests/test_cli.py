@@ -1,11 +1,11 @@
 """The command line (slt_probe/cli.py) itself: what each command parses, prints and refuses.
 
 Option parsing (a --config file, the command line winning), one-line errors with exit code 2, the --dry-run
-listing, and the output of `version`, `validate` (and its old name `reference`), `inspect`, `transitions`,
-`plot`, `calibrate` and `demo --quick`; user text (paths, messages) printed literally, never as Rich markup or emoji;
-the stored command, which replays the walk; the exit code of a walk whose every estimate failed. The commands run
-in-process (typer's CliRunner). What a walk computes and stores is tested with the walker (tests/runs/test_walker.py,
-which drives most walks through `slt-probe walk`).
+listing, and the output of `version`, `validate` (and its old name `reference`), `inspect`, `transitions` (of a
+results file, or of a CSV/TSV curve), `plot`, `calibrate` and `demo --quick`; user text (paths, messages) printed
+literally, never as Rich markup or emoji; the stored command, which replays the walk; the exit code of a walk whose
+every estimate failed. The commands run in-process (typer's CliRunner). What a walk computes and stores is tested
+with the walker (tests/runs/test_walker.py, which drives most walks through `slt-probe walk`).
 """
 
 import io
@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from curves import make_curve
 from curves import rise_then_hidden_fall as make_rise_then_hidden_fall
 from modelfiles import MODELS_DIR
 from rich.console import Console
@@ -215,6 +216,138 @@ def test_the_plot_command_draws_the_stages(rise_then_hidden_fall, tmp_path):
         assert im.size[0] > 800 and im.size[1] > 500
     result = runner.invoke(app, ["plot", str(tmp_path / "missing.h5")])
     assert result.exit_code == 2 and "missing.h5" in result.output and "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------------------------------------
+# transitions of a λ̂ curve from elsewhere: a CSV/TSV table
+
+
+def curve_csv(path, se=True, scale=1.0):
+    """The rise-then-hidden-fall curve as a wandb run export: _step written as floats, the s.e. of 4 chains (times
+    `scale`), and rows where λ̂ was not logged (empty cells). Returns (path, curve)."""
+    c = make_curve([(2.0, 25.0, 0.1), (3.5, -12.0, 0.1)], np.random.default_rng(7), rel=0.05)
+    sd = scale * c.per_chain.std(1, ddof=1) / 2
+    lines = ["_step,train/loss,llc/mean" + (",llc/se" if se else "")]
+    for i, s in enumerate(c.step):
+        lines.append(f"{float(s)},{c.loss[i]},{c.per_chain[i].mean()}" + (f",{sd[i]}" if se else ""))
+        if i % 10 == 0:
+            lines.append(f"{float(s) + 0.5},{c.loss[i]},," if se else f"{float(s) + 0.5},{c.loss[i]},")
+    path.write_text("\n".join(lines) + "\n")
+    return path, c
+
+
+def check_found(d, c):
+    """The --json of the rise-then-hidden-fall curve: its one boundary within ±1 checkpoint, A then hidden B."""
+    (b,) = d["boundaries"]
+    (truth,) = c.boundaries
+    assert abs(b["index"] - truth) <= 1 and b["step"] == c.step[b["index"]], (b, truth)
+    assert [(s["type"], s["hidden"]) for s in d["stages"]] == [("A", False), ("B", True)]
+
+
+def test_the_transitions_of_a_csv_curve(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    csv, c = curve_csv(tmp_path / "curve.csv")
+    args = ["transitions", "curve.csv", "--step", "_step", "--llc", "llc/mean", "--se", "llc/se", "--loss",
+            "train/loss", "--plot", "x.png", "--resamples", "50", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == ["wrote curve.h5", "wrote x.png"]  # stdout is the JSON alone
+    d = json.loads(result.stdout)
+    check_found(d, c)
+    assert d["results"] == "curve.h5" and isinstance(d["noise"], dict) and d["params"]["resamples"] == 50
+    # the curve's results file (<name>.h5 here), readable as any other, with the transitions stored in it
+    res = store.load_results(tmp_path / "curve.h5")
+    assert res.attrs["engine"] == "external" and res.attrs["source"]["csv"] == str(csv.resolve())
+    assert res.attrs["source"]["columns"] == {"step": "_step", "llc": "llc/mean", "se": "llc/se", "loss": "train/loss"}
+    assert list(res.table["step"]) == list(c.step) and res.arrays["llc_per_chain"].shape == (len(c.step), 0)
+    assert res.table["llc_se"].to_numpy() == pytest.approx(c.per_chain.std(1, ddof=1) / 2)
+    assert res.table["init_loss"].to_numpy() == pytest.approx(c.loss)
+    assert res.transitions is not None and [b.step for b in res.transitions.boundaries] == [d["boundaries"][0]["step"]]
+    from PIL import Image
+
+    with Image.open(tmp_path / "x.png") as im:
+        assert im.size[0] > 800 and im.size[1] > 500
+    code, out = invoke("inspect", "curve.h5")
+    assert code == 0 and "engine external (a λ̂ curve read from a table)" in out and str(csv.resolve()) in out, out
+    assert "columns: step '_step'  llc 'llc/mean'  se 'llc/se'  loss 'train/loss'" in out, out
+    code, out = invoke("inspect", "curve.h5", "--json")
+    assert code == 0 and len(json.loads(out)["checkpoints"]) == len(c.step)
+    # the stored command replays the conversion (replacing the file), the tables for people this time
+    argv = shlex.split(res.attrs["command"])
+    assert argv[:3] == ["slt-probe", "transitions", "curve.csv"] and argv[argv.index("--llc") + 1] == "llc/mean"
+    code, out = invoke(*[a for a in argv[1:] if a != "--json"])
+    assert code == 0 and "wrote curve.h5" in out and "developmental stages" in out and " B " in out, out
+    # --out elsewhere, --trust-se stored with the transitions
+    code, out = invoke("transitions", csv, "--llc", "llc/mean", "--se", "llc/se", "--out", tmp_path / "o" / "c.h5",
+                       "--trust-se", "--resamples", "20")
+    assert code == 0, out
+    assert store.read_transitions(tmp_path / "o" / "c.h5").config.trust_se
+
+
+def test_a_csv_curve_without_se_is_judged_by_its_own_scatter(tmp_path, monkeypatch):
+    # no --se, no chains: the detector estimates the noise from the curve itself
+    monkeypatch.chdir(tmp_path)
+    _, c = curve_csv(tmp_path / "curve.tsv", se=False)
+    (tmp_path / "curve.tsv").write_text((tmp_path / "curve.tsv").read_text().replace(",", "\t"))
+    result = CliRunner().invoke(app, ["transitions", "curve.tsv", "--llc", "llc/mean", "--loss", "train/loss",
+                                      "--resamples", "50", "--json"])
+    assert result.exit_code == 0, result.output
+    check_found(json.loads(result.stdout), c)
+    assert store.load_results(tmp_path / "curve.h5").table["llc_se"].isna().all()
+
+
+def test_a_stated_se_is_checked_against_the_curves_scatter(tmp_path, monkeypatch):
+    """A std column (here 30x the s.e.: the spread over many draws) passed as --se: the output says the stated s.e.
+    disagrees with the scatter and that the scatter's scale was used, the file stores it, and the stages are found;
+    --trust-se insists and finds nothing. A right s.e. is confirmed in one line."""
+    monkeypatch.chdir(tmp_path)
+    _, c = curve_csv(tmp_path / "curve.csv", scale=30.0)
+    code, out = invoke("transitions", "curve.csv", "--llc", "llc/mean", "--se", "llc/se", "--loss", "train/loss",
+                       "--resamples", "50")
+    assert code == 0, out
+    assert "note: the stated s.e. disagrees with the curve's own scatter" in " ".join(out.split()), out
+    noise = store.read_transitions(tmp_path / "curve.h5").noise
+    assert noise["source"] == "stated" and noise["rescaled"] and 0.02 < noise["scatter_ratio"] < 0.07
+    code, out = invoke("transitions", "curve.csv", "--llc", "llc/mean", "--se", "llc/se", "--loss", "train/loss",
+                       "--resamples", "50", "--json")
+    check_found(json.loads(out[out.index("{"):]), c)
+    code, out = invoke("transitions", "curve.csv", "--llc", "llc/mean", "--se", "llc/se", "--loss", "train/loss",
+                       "--resamples", "50", "--trust-se", "--json")
+    assert code == 0 and json.loads(out[out.index("{"):])["boundaries"] == [], out
+    curve_csv(tmp_path / "right.csv")
+    code, out = invoke("transitions", "right.csv", "--llc", "llc/mean", "--se", "llc/se", "--resamples", "20")
+    assert code == 0 and "noise: the stated s.e., which the curve's own scatter confirms" in out, out
+
+
+def test_csv_input_errors_are_one_line(rise_then_hidden_fall, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results, _ = rise_then_hidden_fall
+    csv, _ = curve_csv(tmp_path / "curve.csv")
+    code, out = invoke("transitions", csv, "--llc", "lambda")
+    assert code == 2 and one_line_error(out) == (f"error: {csv}: no column 'lambda' (--llc); its columns are "
+                                                 f"'_step', 'train/loss', 'llc/mean', 'llc/se'")
+    code, out = invoke("transitions", csv)
+    assert code == 2 and "which column holds λ̂?" in one_line_error(out)
+    code, out = invoke("transitions", csv, "--llc", "llc/mean", "--refined", "layer0")
+    assert code == 2 and "--refined is only for a results file" in one_line_error(out)
+    # column options with a results file
+    code, out = invoke("transitions", results, "--step", "_step", "--llc", "llc/mean")
+    assert code == 2 and one_line_error(out) == (f"error: {results}: is a results file (HDF5), not a CSV/TSV curve: "
+                                                 f"leave out --step, --llc")
+    # a walk's results are never overwritten by a curve
+    before = results.read_bytes()
+    code, out = invoke("transitions", csv, "--llc", "llc/mean", "--out", results)
+    assert code == 2 and f"{results}: exists and is not a curve converted from a CSV/TSV file" in one_line_error(out)
+    assert results.read_bytes() == before
+    code, out = invoke("transitions", tmp_path / "missing.csv")
+    assert code == 2 and one_line_error(out) == f"error: {tmp_path / 'missing.csv'}: no such file"
+
+
+def test_transitions_of_a_results_file_draw_the_plot_with_plot(rise_then_hidden_fall, tmp_path):
+    results, _ = rise_then_hidden_fall
+    code, out = invoke("transitions", results, "--resamples", "20", "--plot", tmp_path / "p.svg")
+    assert code == 0 and f"wrote {tmp_path / 'p.svg'}" in out and "developmental stages" in out, out
+    assert "curve read from" not in (tmp_path / "p.svg").read_text()
 
 
 # ----------------------------------------------------------------------------------------------------------

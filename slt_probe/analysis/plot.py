@@ -11,6 +11,9 @@ Panels share one log-scale step axis, top to bottom:
            λ̂ ± s.e., its smoothed curve and spurts (▲) when its transitions were detected;
   probes   behavioural metrics per checkpoint, only when the file has a `probes` group; a diamond marks the
            onset of each rising one (where it rises through half its final value).
+A curve read from a table (engine "external": `slt-probe transitions curve.csv`) is drawn the same way, titled by the
+table's name; its subtitle names the table and its columns instead of sampler settings, and λ̂ has error bars only
+where the table states an s.e.
 Stages from the `transitions` group shade every panel by type (A blue, B orange, other grey), labelled at the top;
 a hidden stage (λ̂ changes, the loss barely does) is hatched in purple and labelled "(hidden)", so the changes the
 loss curve does not show stand out. Boundaries are vertical lines (dashed: tentative), their confidence printed
@@ -36,8 +39,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLo
 
 from slt_probe.analysis.probes import onset
 from slt_probe.engine.estimate import failed_checks
-from slt_probe.store import (BOUNDARY_FIELDS, SPURT_FIELDS, STAGE_FIELDS, Probes, Refined, Transitions, load_results,
-                             read_transitions)
+from slt_probe.store import (BOUNDARY_FIELDS, EXTERNAL_ENGINE, SPURT_FIELDS, STAGE_FIELDS, Probes, Refined, Transitions,
+                             load_results, read_transitions)
 
 # colours: λ̂ in blue, its failures in red; stage shades light enough that points stay readable on them
 LLC = "#1f5fa6"
@@ -69,7 +72,7 @@ def _transitions(t: Optional[Transitions]) -> Optional[dict]:
     if t is None:
         return None
     return {"boundaries": _columns(t.boundaries, BOUNDARY_FIELDS), "stages": _columns(t.stages, STAGE_FIELDS),
-            "spurts": _columns(t.spurts, SPURT_FIELDS), "smoothing": t.smoothing,
+            "spurts": _columns(t.spurts, SPURT_FIELDS), "smoothing": t.smoothing, "noise": t.noise,
             "smooth": {"log_step": np.asarray(t.log_step, dtype=float), "llc": np.asarray(t.llc_smooth, dtype=float)}}
 
 
@@ -180,14 +183,15 @@ def _draw_llc(ax, x, llc, se, verdict, bad, smooth_x, smooth_y, k, headroom) -> 
     """λ̂ points by verdict, the smoothed curve, failed checkpoints; returns legend handles."""
     ms = float(np.interp(k, [10, 300], [6.0, 3.2]))  # 300 points of size 6 would merge into a rope
     good = ~bad
+    stated = bool(np.isfinite(se[good]).any())  # a curve read from a table may state no s.e.: no bars, no band
     se = np.where(np.isfinite(se), se, 0.0)
     handles = []
     bars = k <= ERRORBARS_UP_TO
-    if not bars and good.sum() >= 2:  # a band, unbroken over failed rows: they carry no information either way
+    if not bars and stated and good.sum() >= 2:  # a band, unbroken over failed rows: they carry no information
         ax.fill_between(x[good], (llc - se)[good], (llc + se)[good], color=LLC, alpha=0.3, lw=0, zorder=2)
     if smooth_x is None and good.sum() >= 2:  # no smoothed curve: a faint line leads the eye between points
         ax.plot(x[good], llc[good], color=LLC, lw=0.8, alpha=0.45, zorder=2.5)
-    styles = {"ok": dict(color=LLC, mfc=LLC, label="λ̂ ± s.e." if bars else "λ̂"),
+    styles = {"ok": dict(color=LLC, mfc=LLC, label="λ̂ ± s.e." if bars and stated else "λ̂"),
               "warn": dict(color=LLC, mfc="white", label="λ̂, verdict warn"),
               "fail": dict(color=BAD, mfc=BAD, label="λ̂, verdict fail")}
     for v, style in styles.items():
@@ -196,12 +200,12 @@ def _draw_llc(ax, x, llc, se, verdict, bad, smooth_x, smooth_y, k, headroom) -> 
             continue
         label = style.pop("label")
         if bars:
-            h = ax.errorbar(x[rows], llc[rows], yerr=se[rows], fmt="o", ms=ms, mew=1.2, elinewidth=1.0, capsize=0,
-                            ecolor=style["color"], zorder=3, **style)
+            h = ax.errorbar(x[rows], llc[rows], yerr=se[rows] if stated else None, fmt="o", ms=ms, mew=1.2,
+                            elinewidth=1.0, capsize=0, ecolor=style["color"], zorder=3, **style)
         else:
             (h,) = ax.plot(x[rows], llc[rows], "o", ms=ms, mew=1.0, ls="none", zorder=3, **style)
         handles.append((h, label))
-    if not bars and good.sum() >= 2:
+    if not bars and stated and good.sum() >= 2:
         handles.insert(1, (Patch(color=LLC, alpha=0.3, lw=0), "± s.e."))
     if smooth_x is not None:
         (h,) = ax.plot(smooth_x, smooth_y, color=SMOOTH, lw=1.8, zorder=4)
@@ -304,8 +308,9 @@ def _draw_spurts(ax, spurts: dict, smooth_x, smooth_y, colour: str = SMOOTH) -> 
     return handles
 
 
-def _draw_loss(ax, x, loss, dots) -> None:
-    """L_n(w*) at each checkpoint: what the training curve shows (log scale when it spans orders of magnitude)."""
+def _draw_loss(ax, x, loss, dots, label: str = "loss $L_n(w^*)$", missing: str = "") -> None:
+    """L_n(w*) at each checkpoint: what the training curve shows (log scale when it spans orders of magnitude).
+    `missing` says why the panel is empty when there is no loss."""
     finite = np.isfinite(loss)
     if finite.any():
         ax.plot(x[finite], loss[finite], color=LOSS, lw=1.2, marker=dots, ms=2.5, zorder=3)
@@ -314,7 +319,9 @@ def _draw_loss(ax, x, loss, dots) -> None:
             ax.set_yscale("log")
     else:
         ax.set_yticks([])
-    ax.set_ylabel("loss $L_n(w^*)$", fontsize=10)
+        if missing:
+            ax.text(0.5, 0.5, missing, transform=ax.transAxes, ha="center", va="center", color="0.4", fontsize=9)
+    ax.set_ylabel(label, fontsize=10)
 
 
 def _draw_refined(ax, x, refined: list[dict]) -> None:
@@ -426,11 +433,41 @@ def _run_name(checkpoint_dir: Any, path: Path) -> str:
     return parts[-1]
 
 
-def _subtitle(attrs: dict, k: int, n_bad: int, smoothing: Optional[dict]) -> str:
+def _source(attrs: dict) -> Optional[dict]:
+    """The table a curve was read from ({csv, sha256, columns}), when the file holds one (engine "external")."""
+    source = attrs.get("source")
+    return source if attrs.get("engine") == EXTERNAL_ENGINE and isinstance(source, dict) else None
+
+
+def _source_line(source: dict) -> str:
+    """'curve read from curve.csv (step '_step', λ̂ 'llc', s.e. 'se')': where a curve from elsewhere came from."""
+    columns = source.get("columns") if isinstance(source.get("columns"), dict) else {}
+    named = [f"{label} {columns[role]!r}" for role, label in (("step", "step"), ("llc", "λ̂"), ("se", "s.e."),
+                                                              ("loss", "loss")) if columns.get(role)]
+    name = Path(str(source.get("csv", ""))).name or "a table"
+    return f"curve read from {name}" + (f" (columns: {', '.join(named)})" if named else "")
+
+
+def _noise_line(noise: Optional[dict]) -> Optional[str]:
+    """How the detection's noise scale departs from the error bars drawn, if it does."""
+    if not isinstance(noise, dict):
+        return None
+    if noise.get("source") == "curve":
+        return "no s.e. given: stages judged by the curve's own scatter"
+    if noise.get("rescaled"):
+        return f"stages judged by the curve's scatter, {noise.get('scatter_ratio', float('nan')):.2g} × the s.e. drawn"
+    return None
+
+
+def _subtitle(attrs: dict, k: int, n_bad: int, smoothing: Optional[dict], noise: Optional[dict] = None) -> str:
     cfg = attrs.get("config_resolved") or {}
     if not isinstance(cfg, dict):
         cfg = {}
     parts = []
+    source = _source(attrs)
+    if source is not None:  # computed elsewhere: no sampler settings to show, only where the curve came from
+        cfg = {}
+        parts.append(_source_line(source))
     for key, name in (("nbeta", "nβ"), ("lr", "lr"), ("localization", "γ")):
         if isinstance(cfg.get(key), (int, float)):
             parts.append(f"{name} {cfg[key]:.3g}")
@@ -439,6 +476,8 @@ def _subtitle(attrs: dict, k: int, n_bad: int, smoothing: Optional[dict]) -> str
     parts.append(f"{k} checkpoints" + (f" ({n_bad} failed)" if n_bad else ""))
     if isinstance(smoothing, dict) and smoothing.get("stable") is False:
         parts.append("stage boundaries move with the smoothing: read them with care")
+    if _noise_line(noise):
+        parts.append(_noise_line(noise))
     return "   ·   ".join(parts)
 
 
@@ -517,7 +556,11 @@ def results_figure(path: str | Path, *, title: str | None = None, dpi: int = 150
 
     # -- loss (dots mark the checkpoints while there are few enough to tell apart; beyond that they are a rope)
     dots = "o" if k <= ERRORBARS_UP_TO else None
-    _draw_loss(ax["loss"], x, loss, dots)
+    source = _source(res.attrs)
+    if source is None:
+        _draw_loss(ax["loss"], x, loss, dots)
+    else:  # a table's loss: whatever its loss column held, not necessarily L_n(w*)
+        _draw_loss(ax["loss"], x, loss, dots, label="loss", missing="no loss column in the table")
     if refined:
         _draw_refined(ax["refined"], x, refined)
     if probes:
@@ -540,10 +583,15 @@ def results_figure(path: str | Path, *, title: str | None = None, dpi: int = 150
                          bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, frameon=False)
 
     # -- title: what run, and the sampler settings that decide what λ̂ means
-    name = _run_name(res.attrs.get("checkpoint_dir"), path)
+    if source is not None:  # a curve read from a table: the table's name
+        name = Path(str(source.get("csv", path))).name
+    else:
+        name = _run_name(res.attrs.get("checkpoint_dir"), path)
     fig.suptitle(title or rf"$\hat{{\lambda}}$ over training: {name}", fontsize=13, x=0.01, ha="left")
     smoothing = transitions.get("smoothing") if transitions else None
-    ax["llc"].set_title(_subtitle(res.attrs, k, int(bad.sum()), smoothing), fontsize=8.5, color="0.35", loc="left")
+    noise = transitions.get("noise") if transitions else None
+    ax["llc"].set_title(_subtitle(res.attrs, k, int(bad.sum()), smoothing, noise), fontsize=8.5, color="0.35",
+                        loc="left")
 
     if labels or tags is not None:
         fig.draw_without_rendering()  # lay out first: whether labels collide depends on the final axes size

@@ -1,1 +1,2 @@
-"""What the user points at: checkpoint folders found and loaded safely, and the --model / --data / --loss specs."""
+"""What the user points at: checkpoint folders found and loaded safely, the --model / --data / --loss specs, and λ̂
+curves from elsewhere in CSV/TSV tables."""

@@ -34,6 +34,14 @@ class TransitionConfig:
     min_confidence: float = 0.8  # boundaries reproduced less often are reported tentative
     seed: int = 0
     grid: int = 2000  # points of the dense log-step grid the derivative is examined on
+    # decades of log step (0.05: 12% in step) below which checkpoints share their weight in the smoothing, so that
+    # a dense stretch is smoothed like one sampled this finely; a resample's boundary (spurt) reproduces a found one
+    # within ±1 checkpoint or ±resolution
+    resolution: float = 0.05
+    # a stated s.e. is checked against the curve's own scatter; when they disagree by more than this factor, the
+    # scatter's scale is used instead (see analysis.transitions, "Noise"), unless trust_se
+    se_factor: float = 2.0
+    trust_se: bool = False  # use a stated s.e. as given, whatever the curve's scatter says
 
     def __post_init__(self):
         if not (self.k_se > 0 and self.spurt_k_se > 0 and 0 <= self.hidden_loss_frac):
@@ -42,6 +50,8 @@ class TransitionConfig:
             raise ValueError("need 0 < plateau_tol < 1 and 0 < spurt_drop < 1")
         if not (0 <= self.min_confidence <= 1 and self.resamples >= 0 and self.grid >= 100):
             raise ValueError("need 0 <= min_confidence <= 1, resamples >= 0, grid >= 100")
+        if not (self.se_factor > 1 and self.resolution > 0):
+            raise ValueError("need se_factor > 1 and resolution > 0")
 
 
 @dataclass
@@ -96,6 +106,9 @@ class Transitions:
     dllc_smooth: np.ndarray  # [G] dλ̂ / dlog10(step)
     notes: list[str] = field(default_factory=list)
     spurts: list[Spurt] = field(default_factory=list)
+    # the noise scale the detection used and where it came from: source (stated | chains | curve), and for a stated
+    # or chain s.e. its check against the curve's scatter (analysis.transitions, "Noise")
+    noise: dict = field(default_factory=dict)
 
     def table(self) -> list[dict]:
         """One row per stage, with the boundary that ends it (what `slt-probe transitions` prints)."""
@@ -114,7 +127,7 @@ BOUNDARY_FIELDS = {
     "index": "that checkpoint's row in the per-checkpoint datasets",
     "log_step": "precise location of the boundary, log10(step)",
     "kind": "peak | trough | plateau: how λ̂ turns there",
-    "confidence": "fraction of chain-bootstrap resamples with a boundary within ±1 checkpoint",
+    "confidence": "fraction of bootstrap resamples with a boundary within ±1 checkpoint or ±resolution decades",
     "tentative": "confidence below the detection's min_confidence",
     "hidden": "a stage on either side is hidden (significant Δλ̂, small Δloss)",
 }
@@ -142,7 +155,8 @@ SPURT_FIELDS = {
     "dloss": "change of the loss (init_loss) across the window",
     "type": "A (λ̂ rises, loss falls) | B (λ̂ falls, loss flat or falling slightly) | other",
     "hidden": "significant Δλ̂ (>= k_se s.e.) with |Δloss| < hidden_loss_frac × the run's loss drop",
-    "confidence": "fraction of chain-bootstrap resamples with a spurt of the same sign within ±1 checkpoint",
+    "confidence": "fraction of bootstrap resamples with a spurt of the same sign within ±1 checkpoint or "
+                  "±resolution decades",
     "tentative": "confidence below the detection's min_confidence",
 }
 _INT_FIELDS = ("step", "index", "start_step", "end_step", "start_index", "end_index")
@@ -162,6 +176,7 @@ def write_transitions(path: Path, t: Transitions, refined: Optional[str] = None)
         g.attrs["params"] = json.dumps(asdict(t.config))
         g.attrs["smoothing"] = json.dumps(t.smoothing)
         g.attrs["notes"] = json.dumps(t.notes)
+        g.attrs["noise"] = json.dumps(t.noise)
         g.attrs["created"] = utc_now()
         for sub, items, fields in (("boundaries", t.boundaries, BOUNDARY_FIELDS), ("stages", t.stages, STAGE_FIELDS),
                                    ("spurts", t.spurts, SPURT_FIELDS)):
@@ -204,6 +219,7 @@ def read_transitions(path: Path, refined: Optional[str] = None) -> Optional[Tran
                 smoothing=json.loads(g.attrs["smoothing"]),
                 log_step=g["smooth/log_step"][...], llc_smooth=g["smooth/llc"][...], dllc_smooth=g["smooth/dllc"][...],
                 notes=json.loads(g.attrs.get("notes", "[]")),
+                noise=json.loads(g.attrs.get("noise", "{}")),  # files from before the noise check: {}
                 spurts=items(g["spurts"], Spurt, SPURT_FIELDS) if "spurts" in g else [],  # files from before spurts
             )
         except (KeyError, TypeError, ValueError) as e:

@@ -14,11 +14,14 @@ import h5py
 import matplotlib
 import numpy as np
 import pytest
+from curves import make_curve
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from slt_probe import store
 from slt_probe.analysis.plot import BAD, HIDDEN, STAGE_FACE, plot_results
+from slt_probe.inputs.curves import read_curve
+from slt_probe.runs.detect import detect_and_store
 
 C, DRAWS, BURNIN = 2, 3, 0
 ATTRS = {"schema": store.SCHEMA, "schema_version": store.SCHEMA_VERSION, "engine": "slt", "method": "loop",
@@ -325,6 +328,46 @@ def test_every_checkpoint_failed(tmp_path, figures):
     assert labels(llc) == ["no λ̂: all 5 checkpoints failed"]
     assert crosses(llc) == list(STEPS[:5]) and llc_points(llc) == {"ok": [], "warn": [], "fail": []}
     assert legend(llc) == ["failed checkpoint (5)"] and list(llc.get_yticks()) == []
+
+
+@pytest.mark.parametrize("se, loss", [(True, True), (False, False)])
+def test_a_curve_read_from_a_table(tmp_path, figures, se, loss):
+    """engine "external" (slt-probe transitions curve.csv): titled by the table, whose columns the subtitle names in
+    place of sampler settings it does not have; error bars only with an s.e.; the table's loss, or none."""
+    csv = tmp_path / "published.csv"
+    csv.write_text("step,llc,se,loss\n" + "".join(f"{s},{llc_curve(s):.4f},0.5,{loss_curve(s):.4f}\n" for s in STEPS))
+    src = store.write_curve(tmp_path / "c.h5", read_curve(csv, se="se" if se else None, loss="loss" if loss else None))
+    add_transitions(src, STEPS, [14], [0.93], ["A", "B"], [False, True])
+    check_png(plot_results(src, tmp_path / "c.png", dpi=LOW), LOW)
+    (fig,) = figures
+    ax = panels(fig)
+    assert list(ax) == [LLC_PANEL, "loss"]
+    llc = ax[LLC_PANEL]
+    assert fig.get_suptitle() == r"$\hat{\lambda}$ over training: published.csv"
+    columns = "step 'step', λ̂ 'llc', s.e. 'se', loss 'loss'" if se else "step 'step', λ̂ 'llc'"
+    assert llc.get_title(loc="left") == f"curve read from published.csv (columns: {columns})   ·   30 checkpoints"
+    assert sorted(llc_points(llc)["ok"]) == list(STEPS) and not crosses(llc)
+    assert legend(llc)[0] == ("λ̂ ± s.e." if se else "λ̂") and len(llc.collections) == (1 if se else 0)
+    if loss:
+        assert [len(line.get_xdata()) for line in markers(ax["loss"], "o")] == [len(STEPS)]
+    else:
+        assert labels(ax["loss"]) == ["no loss column in the table"] and not markers(ax["loss"], "o")
+
+
+@pytest.mark.parametrize("scale, says", [(None, "no s.e. given: stages judged by the curve's own scatter"),
+                                         (40.0, "stages judged by the curve's scatter, 0.0"), (1.0, None)])
+def test_the_subtitle_says_when_the_stages_were_judged_by_another_noise_scale(tmp_path, figures, scale, says):
+    """No s.e., or one the curve's scatter disagrees with (rescaled): the error bars drawn are not what the stages
+    were judged by, and the subtitle says so; a confirmed s.e. needs no word."""
+    c = make_curve([(2.0, 25.0, 0.1), (3.5, -12.0, 0.1)], np.random.default_rng(7), rel=0.05)
+    se = c.per_chain.std(1, ddof=1) / 2 * (scale or 1.0)
+    csv = tmp_path / "curve.csv"
+    csv.write_text("step,llc,se\n" + "".join(f"{s},{m},{e}\n" for s, m, e in zip(c.step, c.per_chain.mean(1), se)))
+    src = store.write_curve(tmp_path / "c.h5", read_curve(csv, se="se" if scale else None))
+    detect_and_store(src, store.TransitionConfig(resamples=10))
+    plot_results(src, tmp_path / "c.png", dpi=LOW)
+    title = panels(figures[0])[LLC_PANEL].get_title(loc="left")
+    assert (says in title) if says else ("judged" not in title), title
 
 
 def test_a_misshapen_probe_is_skipped_with_a_warning(tmp_path, figures):

@@ -6,7 +6,9 @@ change of 1% of the run's drop (type B, hidden). The true boundary between two c
 middle of the flat stretch between their centres, where |dλ/dlog t| <= tol × the smaller of their peak slopes
 (tol = TransitionConfig.plateau_tol): the top of a peak, the bottom of a trough, or the middle of a plateau.
 The true spurts are the peaks of |dλ/dlog t| that fall below half their height on both sides before any steeper
-point (TransitionConfig.spurt_drop = 0.5): the centre of a change, unless the next one runs into it.
+point (TransitionConfig.spurt_drop = 0.5): the centre of a change, unless the next one runs into it. A curve
+with a peak that just fails or passes that test, or a burst of less than 1 in λ (where the tails of two changes
+meet), has spurts_ambiguous set: what its spurts are is moot.
 Per-chain λ̂ = λ(t) (1 + rel · N(0, 1)), independent across chains and checkpoints.
 
 results_file(path, curve) writes a curve as a results file, as a walk would, for the tests of the store's
@@ -43,10 +45,15 @@ def logistic(u):
     return 1.0 / (1.0 + np.exp(-u))
 
 
-def make_curve(changes, rng, *, rel=0.08, chains=4, k=60, lo=1.0, hi=5.0, base=5.0, total_loss_drop=2.5, tol=0.2):
-    """changes: [(centre log10 step, amplitude, width)], in order."""
-    step = np.unique(np.round(np.logspace(lo, hi, k)).astype(np.int64))
+def make_curve(changes, rng, *, rel=0.08, chains=4, k=60, lo=1.0, hi=5.0, base=5.0, total_loss_drop=2.5, tol=0.2,
+               step=None):
+    """changes: [(centre log10 step, amplitude, width)], in order. step: the checkpoint steps (positive), instead
+    of k log-spaced ones from 10^lo to 10^hi."""
+    if step is None:
+        step = np.unique(np.round(np.logspace(lo, hi, k)).astype(np.int64))
+    step = np.asarray(step, dtype=np.int64)
     x = np.log10(step)
+    lo, hi = x[0], x[-1]
     grid = np.linspace(lo, hi, 20001)
 
     def lam(z):
@@ -79,6 +86,12 @@ def make_curve(changes, rng, *, rel=0.08, chains=4, k=60, lo=1.0, hi=5.0, base=5
     ratio = props["prominences"] / np.abs(slope[peaks])  # a spurt: >= 1 - spurt_drop = 0.5
     spurts = [(int(np.argmin(np.abs(x - grid[g]))), int(np.sign(slope[g]))) for g, r in zip(peaks, ratio) if r >= 0.5]
     ambiguous = bool(np.any((ratio > 0.35) & (ratio < 0.65)))
+    for g, r in zip(peaks, ratio):  # a burst of less than 1 in λ: a tail where two changes meet, moot as a spurt
+        if r >= 0.5:
+            below = np.abs(slope) < 0.5 * abs(slope[g])  # the window: out to where the slope halves
+            right = grid[(grid >= grid[g]) & below].min(initial=grid[-1])
+            left = grid[(grid <= grid[g]) & below].max(initial=grid[0])
+            ambiguous |= bool(abs(lam(np.array([right]))[0] - lam(np.array([left]))[0]) < 1.0)
     llc = lam(x)
     per_chain = llc[:, None] * (1 + rel * rng.standard_normal((len(x), chains)))
     return Curve(step, llc, loss, per_chain, bounds, types, spurts, ambiguous)
@@ -89,6 +102,34 @@ def random_curve(rng, n_changes, **kw) -> Curve:
     while True:
         try:
             return make_curve(random_changes(rng, n_changes), rng, **kw)
+        except Ambiguous:
+            continue
+
+
+def dense_steps(last=50_000, every=100, early=5):
+    """A dense linear grid (every `every` steps to `last`) beside `early` log-spaced checkpoints below `every`, as
+    many published runs save them: on a log axis most checkpoints crowd into the last decade."""
+    head = np.round(np.logspace(1, np.log10(every), early, endpoint=False)).astype(np.int64)
+    return np.unique(np.concatenate([head, np.arange(every, last + 1, every)]))
+
+
+def random_dense_curve(rng, n_changes, **kw) -> Curve:
+    """A random curve on dense_steps() with 1-3 changes 0.4-0.8 decades apart in 2.7..4.6 (where the linear grid
+    resolves them: at step 500 its spacing is 0.08 decades), widths 0.03-0.08 decades."""
+    step = kw.pop("step", None)
+    step = dense_steps() if step is None else step
+    while True:
+        centres = 2.7 + np.cumsum(rng.uniform(0.4, 0.8, n_changes)) - 0.4
+        centres += rng.uniform(0, max(0.0, 4.6 - centres[-1]))
+        changes, level = [], 0.0
+        for c in centres:
+            a = rng.uniform(8, 30)
+            if level > 12 and rng.random() < 0.5:
+                a = -rng.uniform(0.3, 0.7) * level
+            level += a
+            changes.append((float(c), float(a), float(rng.uniform(0.03, 0.08))))
+        try:
+            return make_curve(changes, rng, step=step, **kw)
         except Ambiguous:
             continue
 

@@ -27,6 +27,16 @@ def test_the_stored_boundary_keeps_its_precise_location(rise_then_hidden_fall):
     back = store.read_transitions(path)
     assert back.boundaries[0].log_step == t.boundaries[0].log_step != int(t.boundaries[0].log_step)
     assert back.stages == t.stages and back.config == t.config
+    assert back.noise == t.noise and back.noise["source"] == "chains" and back.noise["agrees"]
+
+
+def test_the_noise_record_of_a_stated_se_is_stored(rise_then_hidden_fall):
+    path, c = rise_then_hidden_fall
+    std = c.per_chain.std(1, ddof=1) * 10  # a spread, passed as the s.e.
+    t = detect_transitions(c.step, c.per_chain.mean(1), std, c.loss, config=CFG)
+    store.write_transitions(path, t)
+    back = store.read_transitions(path)
+    assert back.noise == t.noise and back.noise["rescaled"] and back.notes == t.notes
 
 
 def test_a_rewrite_of_the_rows_drops_the_stale_transitions(rise_then_hidden_fall):
