@@ -1,32 +1,60 @@
-"""Wall time of one LLC estimate three ways, in one process: a bare sequential SGLD loop, slt-probe, devinterp.
+"""Wall time of one LLC estimate in one process: a bare sequential SGLD loop, slt-probe, devinterp, and the
+peer canonical-interp (optional); then the DLN accuracy of slt-probe and canonical-interp at the same settings.
 
-    python benchmarks/bench_llc.py                 # CPU workloads (a) and (b)
+    python benchmarks/bench_llc.py                 # CPU workloads (a) and (b), then the DLN accuracy
     python benchmarks/bench_llc.py --device cuda   # workload (c): the same on a GPU
     python benchmarks/bench_llc.py --only b --dln-batch 32   # (b) with another batch size
+    python benchmarks/bench_llc.py --only dln --dln-seeds 4  # the accuracy alone, over more sampler seeds
 
 (a) the 2-layer attention-only transformer (d_model 128, 4 heads, ctx 64, vocab 512; 270k params),
     4 chains x 100 draws, batch 32 -- per-step work dominates.
 (b) a small deep linear network (9k params), 16 chains x 500 draws, batch 100 -- per-step overhead
     dominates. devinterp's llc() takes language-model token datasets only, so it is absent here.
 Each way runs --repeats times, interleaved, and the fastest run counts: the machines are shared and noisy.
+"1st run" is the first of them: for canonical-interp it includes torch.compile's compilation (its default,
+mode "reduce-overhead"; its SGLD update is compiled even with compile=False). Every way runs the same number of
+chain-steps (chains x (burn-in + draws)), so "x bare loop" is also the ratio of time per chain-step.
+(dln) λ̂ against Aoyagi's λ on slt_probe.engine.dln.dln_problem(widths) at the problem's own settings
+(ε 5e-7, γ 1, nβ n/log n, 4 chains x 1000 draws after 200 burn-in, batch 500), slt-probe and canonical-interp
+alike, over --dln-seeds sampler seeds (devinterp's llc() takes language-model token datasets only).
+
+canonical-interp (https://github.com/sbaumohl/canonical-interp, "a lean, efficient LLC estimator; rewrite of
+devinterp") is optional: `pip install canonical-interp==0.2.7` (the `bench` extra). 0.2.x declares
+Requires-Python >= 3.12 because it imports itertools.batched (3.12+, used only to split chains across several
+devices); on Python 3.11 install it with `--no-deps --ignore-requires-python` and this script supplies
+itertools.batched before importing it. Without it the script prints a note and carries on.
+Mapping (canonical-interp LLCEstimator <- SGLDConfig): learning_rate <- lr (ε), localization <- localization (γ),
+nbeta <- nbeta (nβ), chains, draws, burnin_steps <- burnin, steps_bw_draws 1; its update is the same
+Δw = -ε/2 (nβ ∇L_m + γ (w - w*)) + N(0, ε) and its λ̂ = nβ (mean draw loss - L_n(w*)), L_n over the whole loader.
+Its data is a shuffled DataLoader with the same batch size, cycled (itertools.cycle replays the first epoch).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
+import itertools
+import logging
 import math
+import sys
 import tempfile
 import time
 import warnings
+from importlib import metadata
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from slt_probe import SGLDConfig, estimate_llc
 from slt_probe.demo.model import attn_only
 from slt_probe.engine.data import lm_cross_entropy, take
-from slt_probe.engine.dln import deep_linear_network, mse
+from slt_probe.engine.dln import deep_linear_network, dln_problem, mse
 
+PEER, PEER_VERSION = "canonical-interp", "0.2.7"
 
 
 def load_attn_only():
@@ -73,44 +101,156 @@ def devinterp_llc(model, data, cfg: SGLDConfig, device):
             device=str(device), output_path=f"{tmp}/s.zarr")
 
 
+def load_peer():
+    """(version, LLCEstimator) of canonical-interp, or None after a one-line note."""
+    try:
+        version = metadata.version(PEER)
+    except metadata.PackageNotFoundError:
+        print(f"note: {PEER} is not installed, so it is left out: pip install {PEER}=={PEER_VERSION} "
+              f"(Python >= 3.12; on 3.11 add --no-deps --ignore-requires-python)")
+        return None
+    if not hasattr(itertools, "batched"):  # Python < 3.12: the one 3.12 name canonical-interp imports
+        def batched(iterable, n):
+            it = iter(iterable)
+            while chunk := tuple(itertools.islice(it, n)):
+                yield chunk
+
+        itertools.batched = batched
+    try:
+        from canonical_interp import LLCEstimator
+    except Exception as e:
+        print(f"note: {PEER} {version} is installed but does not import ({type(e).__name__}: {e}), so it is left out")
+        return None
+    logging.getLogger("canonical_interp").setLevel(logging.ERROR)  # its advice on burn-in, γ and DataLoaders
+    if version != PEER_VERSION:
+        print(f"note: {PEER} {version} is installed, not {PEER_VERSION}: its figures are labelled {version}")
+    return version, LLCEstimator
+
+
+def peer_llc(LLCEstimator, model, data, cfg: SGLDConfig, device, *, criterion, unpack, compile):
+    """canonical-interp's estimate at cfg's settings: (mean λ̂, s.e. across chains)."""
+    tensors = data if isinstance(data, tuple) else (data,)
+    loader = DataLoader(TensorDataset(*(t.cpu() for t in tensors)), batch_size=cfg.batch_size, shuffle=True,
+                        drop_last=True, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    est = LLCEstimator(draws=cfg.draws, chains=cfg.chains, burnin_steps=cfg.burnin, steps_bw_draws=1,
+                       learning_rate=cfg.lr, localization=cfg.localization, nbeta=cfg.nbeta)
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar for L_n(w*) cannot be turned off
+        est.estimate_llc(model, loader, criterion_fn=criterion, unpack_fn=unpack, devices=device, seed=cfg.seed,
+                         compile=compile, show_progress=False)
+    llcs = est.get_metrics()["llcs"].double()
+    se = float(llcs.std() / math.sqrt(len(llcs))) if len(llcs) > 1 else 0.0
+    return float(llcs.mean()), se
+
+
+def peer_ways(peer, model, data, cfg, device, *, criterion, unpack=None):
+    """The peer's ways for run(): its default (torch.compile, mode "reduce-overhead") and compile=False."""
+    if peer is None:
+        return {}
+    version, LLCEstimator = peer
+
+    def way(compile):
+        def fn():
+            peer_llc(LLCEstimator, model, data, cfg, device, criterion=criterion, unpack=unpack, compile=compile)
+        return fn
+
+    return {f"{PEER} {version}": way("reduce-overhead"), f"{PEER} {version} (compile=False)": way(False)}
+
+
+def lm_criterion(logits, targets):
+    """lm_cross_entropy's loss in canonical-interp's form (logits, targets); unpack_lm splits the tokens."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def unpack_lm(batch):
+    tokens = batch[0]
+    return tokens[:, :-1], tokens[:, 1:]
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
 
 
-def run(name, ways, repeats, device):
-    best, extra = {}, {}
+def run(name, ways, repeats, device, chain_steps):
+    best, first, extra, failed = {}, {}, {}, {}
     for _ in range(repeats):
         for way, fn in ways.items():
+            if way in failed:
+                continue
             sync(device)
-            seconds, out = timed(fn)
+            try:
+                seconds, out = timed(fn)
+            except Exception as e:  # a peer that cannot run this workload: say so, keep the others
+                failed[way] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                continue
             sync(device)
+            first.setdefault(way, seconds)
             if seconds < best.get(way, float("inf")):
                 best[way] = seconds
                 if out is not None:
                     extra[way] = out
     floor = best["bare loop"]
     print(f"\n{name}")
-    print(f"  {'way':<28}{'wall s':>9}{'x bare loop':>13}")
+    print(f"  {'way':<40}{'wall s':>9}{'ms/chain-step':>15}{'x bare loop':>13}{'1st run s':>11}")
     for way, seconds in best.items():
-        print(f"  {way:<28}{seconds:>9.2f}{seconds / floor:>13.3f}")
+        print(f"  {way:<40}{seconds:>9.2f}{1e3 * seconds / chain_steps:>15.3f}{seconds / floor:>13.3f}"
+              f"{first[way]:>11.2f}")
+    for way, why in failed.items():
+        print(f"  {way}: failed ({why})")
     for way, r in extra.items():
         print(f"  {way}: sampler alone {r.seconds:.2f} s ({r.seconds / floor:.3f}x), method {r.diagnostics.method}, "
               f"λ̂ {r.llc_mean:.3f} ± {r.llc_se:.3f}; {'; '.join(r.diagnostics.notes)}")
     return best
 
 
+def dln_accuracy(widths_list, seeds, peer, device):
+    """λ̂ of slt-probe and the peer beside Aoyagi's λ, at each problem's own settings, per sampler seed."""
+    print(f"\n(dln) λ̂ against Aoyagi's λ, dln_problem(widths) at its own settings, sampler seeds 0..{seeds - 1}")
+    if peer is not None:
+        print(f"  ({PEER} with compile=False: torch.compile changes its time, not its λ̂)")
+    ways = ["slt-probe"] + ([f"{PEER} {peer[0]}"] if peer is not None else [])
+    rel = {way: [] for way in ways}
+    for widths in widths_list:
+        problem = dln_problem(widths)
+        cfg = SGLDConfig(**{**problem.config.resolved(problem.data[0].shape[0]).to_dict(), "device": str(device)})
+        print(f"  {problem.name}: λ {problem.llc:g}; ε {cfg.lr:g}, γ {cfg.localization:g}, nβ {cfg.nbeta:.1f}, "
+              f"{cfg.chains} chains x {cfg.draws} draws after {cfg.burnin}, batch {cfg.batch_size}")
+        for seed in range(seeds):
+            c = SGLDConfig(**{**cfg.to_dict(), "seed": seed})
+            row = {}
+            r = estimate_llc(problem.model, problem.data, loss_fn=mse, config=c)
+            row["slt-probe"] = (r.llc_mean, r.llc_se)
+            if peer is not None:
+                row[ways[1]] = peer_llc(peer[1], problem.model, problem.data, c, device, criterion=F.mse_loss,
+                                        unpack=None, compile=False)
+            cells = []
+            for way, (mean, se) in row.items():
+                rel[way].append((mean - problem.llc) / problem.llc)
+                cells.append(f"{way} {mean:.3f} ± {se:.3f} ({100 * rel[way][-1]:+.1f}%)")
+            print(f"    seed {seed}: " + ";  ".join(cells))
+    for way, errs in rel.items():
+        errs = np.array(errs)
+        print(f"  {way}: mean relative error {100 * errs.mean():+.1f}%, max |relative error| "
+              f"{100 * np.abs(errs).max():.1f}% over {len(errs)} estimates")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--only", choices=["a", "b"], default=None)
+    ap.add_argument("--only", choices=["a", "b", "dln"], default=None)
     ap.add_argument("--dln-batch", type=int, default=100, help="batch size of workload (b)")
+    ap.add_argument("--dln-widths", nargs="+", default=["8,6,4,8", "10,12,6,10"],
+                    help="DLN widths of the accuracy check, each comma-separated")
+    ap.add_argument("--dln-seeds", type=int, default=2, help="sampler seeds of the accuracy check")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
+          f"Python {sys.version.split()[0]}")
+    peer = load_peer()
 
     if args.only in (None, "a"):
         model = load_attn_only()(vocab_size=512, n_ctx=64, d_model=128, n_heads=4).to(device)
@@ -125,9 +265,11 @@ def main():
             "slt-probe (auto)": lambda: estimate_llc(model, data, config=cfg),
             "slt-probe (vmap)": lambda: estimate_llc(model, data, config=SGLDConfig(**{**cfg.to_dict(), "method": "vmap"})),
             "devinterp 2.0.1": lambda: devinterp_llc(model, data, cfg, device),
+            **peer_ways(peer, model, data, cfg, device, criterion=lm_criterion, unpack=unpack_lm),
         }
         run(f"(a) attention-only transformer, {sum(p.numel() for p in model.parameters())} params, "
-            f"{cfg.chains} chains x {cfg.draws} draws, batch {cfg.batch_size}", ways, args.repeats, device)
+            f"{cfg.chains} chains x {cfg.draws} draws, batch {cfg.batch_size}", ways, args.repeats, device,
+            cfg.chains * cfg.steps)
 
     if args.only in (None, "b"):
         widths = [40, 50, 50, 50, 40]
@@ -142,9 +284,14 @@ def main():
             "slt-probe (auto)": lambda: estimate_llc(model, data, loss_fn=mse, config=cfg),
             "slt-probe (loop)": lambda: estimate_llc(model, data, loss_fn=mse,
                                                      config=SGLDConfig(**{**cfg.to_dict(), "method": "loop"})),
+            **peer_ways(peer, model, data, cfg, device, criterion=F.mse_loss),
         }
         run(f"(b) deep linear network {widths}, {sum(p.numel() for p in model.parameters())} params, "
-            f"{cfg.chains} chains x {cfg.draws} draws, batch {cfg.batch_size}", ways, args.repeats, device)
+            f"{cfg.chains} chains x {cfg.draws} draws, batch {cfg.batch_size}", ways, args.repeats, device,
+            cfg.chains * cfg.steps)
+
+    if args.only in (None, "dln"):
+        dln_accuracy([[int(w) for w in ws.split(",")] for ws in args.dln_widths], args.dln_seeds, peer, device)
 
 
 if __name__ == "__main__":

@@ -229,6 +229,7 @@ def validate(
     chains: Annotated[Optional[int], typer.Option(help="number of chains")] = None,
     seed: Annotated[int, typer.Option(help="seed of the sampler")] = 0,
     method: Annotated[str, typer.Option(help="auto | vmap | loop")] = "auto",
+    sampler: Annotated[str, typer.Option(help="sgld | rmsprop (RMSProp-preconditioned SGLD)")] = "sgld",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:i]")] = "auto",
     as_json: AsJson = False,
     quiet: Quiet = False,
@@ -236,7 +237,7 @@ def validate(
     """Estimate λ̂ on a deep linear network whose learning coefficient is known in closed form (Aoyagi)."""
     overrides = {k: v for k, v in dict(draws=draws, chains=chains).items() if v is not None}
     try:
-        problem = dln_problem([int(w) for w in widths.split(",")])
+        problem = dln_problem([int(w) for w in widths.split(",")], sampler=sampler)
     except ValueError as e:
         fail(f"--widths {widths!r}: {e}", False)
     try:
@@ -254,8 +255,9 @@ def validate(
         return
     cfg = r.config
     typer.echo(f"{problem.name}: {r.num_params} parameters")
-    typer.echo(f"  λ (Aoyagi)   {problem.llc:.3f}")
-    typer.echo(f"  λ̂ (SGLD)     {r.llc_mean:.3f} ± {r.llc_se:.3f} s.e.  ({100 * check.relative_error:+.1f}%)")
+    typer.echo(f"  {'λ (Aoyagi)':<13}{problem.llc:.3f}")
+    label = "λ̂ (SGLD)" if cfg.sampler == "sgld" else "λ̂ (RMSProp)"  # 14: λ̂ is two code points, one column
+    typer.echo(f"  {label:<14}{r.llc_mean:.3f} ± {r.llc_se:.3f} s.e.  ({100 * check.relative_error:+.1f}%)")
     typer.echo(f"  nβ {cfg.nbeta:.1f}  lr {cfg.lr:g}  γ {cfg.localization:g}  {cfg.chains} chains × {cfg.draws} draws "
                f"(+{cfg.burnin} burn-in), {d.method}, {r.seconds:.1f} s")
     typer.echo(f"  R-hat {d.rhat:.3f}  ESS {d.ess_bulk:.0f}  MALA acceptance {d.acceptance:.3f}  verdict {d.verdict}")
@@ -290,6 +292,7 @@ def walk(
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda[:i] [auto]")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="sampling precision: float32 | float64 [float32]")] = None,
     method: Annotated[Optional[str], typer.Option(help="auto | vmap | loop [auto]")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="sgld | rmsprop (RMSProp-preconditioned SGLD) [sgld]")] = None,
     mala_every: Annotated[Optional[int], typer.Option(help="measure MALA acceptance every k steps, 0 = off [10]")] = None,
     params: Annotated[Optional[str], typer.Option(help="sample only the parameters whose names match this regex: "
                                                        "the refined λ̂ of a component [all]")] = None,
@@ -332,7 +335,7 @@ def walk(
     try:
         cfg = sgld_config(config, dict(lr=lr, localization=localization, nbeta=nbeta, chains=chains, draws=draws,
                                        burnin=burnin, batch_size=batch_size, seed=seed, device=device, dtype=dtype,
-                                       method=method, mala_every=mala_every, params=params))
+                                       method=method, sampler=sampler, mala_every=mala_every, params=params))
         components = parse_refine(refine)
         selection = dict(steps=parse_list(steps, "--steps", int), every=every, max_checkpoints=max_checkpoints)
         todo, found, skipped = plan(ckpt_dir, **selection)
@@ -536,6 +539,7 @@ def calibrate(
     batch_size: Annotated[int, typer.Option(help="minibatch size")] = 32,
     seed: Annotated[int, typer.Option(help="seed of minibatches and noise")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:i]")] = "auto",
+    sampler: Annotated[str, typer.Option(help="sgld | rmsprop (RMSProp-preconditioned SGLD)")] = "sgld",
     sequential: Annotated[bool, typer.Option(help="one grid point at a time instead of one batched run")] = False,
     out: Annotated[str, typer.Option("--out", "-o", help="the full sweep (HDF5)")] = "calibration.h5",
     toml: Annotated[str, typer.Option(help="the recommendation, for walk --config")] = "calibration.toml",
@@ -548,7 +552,8 @@ def calibrate(
         grid = CalibrationGrid(lr=parse_list(lr_grid, "--lr", float),
                                localization=parse_list(localization_grid, "--localization", float),
                                nbeta=parse_list(nbeta_grid, "--nbeta", float))
-        cfg = SGLDConfig(chains=chains, draws=draws, burnin=burnin, batch_size=batch_size, seed=seed, device=device)
+        cfg = SGLDConfig(chains=chains, draws=draws, burnin=burnin, batch_size=batch_size, seed=seed, device=device,
+                         sampler=sampler)
         with progress_bar(quiet) as bar:
             cal = calibrate_folder(ckpt_dir, RunSpec(model, model_config, data, context, tokenizer, loss), grid=grid,
                                    config=cfg, at=at, steps=parse_list(steps, "--steps", int),

@@ -65,6 +65,9 @@ def sample_devinterp(model: nn.Module, data: Data, *, loss_fn: LossFn, config: S
             num_burnin_steps=config.burnin,
             batch_size=config.batch_size,
             init_seed=config.seed,
+            # the same sampler, devinterp's way: its RMSProp preconditioner adapts for the whole run
+            **({"sampling_method": "rmsprop_sgld", "rmsprop_alpha": config.rmsprop_alpha,
+                "rmsprop_eps": config.rmsprop_eps} if config.sampler == "rmsprop" else {}),
             loss_fn=_per_token_loss,
             device=str(device),
             output_path=f"{tmp}/samples.zarr",

@@ -46,6 +46,15 @@ class SGLDConfig:
     # sampled, the rest stay at w*. That is the weight-refined LLC of a component, e.g. r"^blocks\.0\." for the
     # first layer's heads (Wang et al. 2024, arXiv 2410.02984). None: every parameter (the LLC).
     params: Optional[str] = None
+    # "sgld": one step size ε for every parameter (Welling & Teh 2011; Lau et al. 2023). "rmsprop": the step and the
+    # noise of each parameter scaled by an RMSProp preconditioner G = 1/(rmsprop_eps + sqrt(V)), V the running mean
+    # of its squared minibatch gradient (Li et al. 2016, pSGLD; devinterp's "rmsprop_sgld"), adapted during burn-in
+    # and then frozen, so that the draws sample the tempered posterior (see run_chains).
+    sampler: str = "sgld"
+    rmsprop_alpha: float = 0.99  # decay of V's running mean (devinterp's alpha)
+    rmsprop_eps: float = 0.1  # added to sqrt(V): G <= 1/rmsprop_eps (devinterp's eps)
+    rmsprop_freeze: bool = True  # False: G adapts for the whole run, as devinterp's does (the draws then sample the
+    # posterior only approximately: an adapting G needs a correction term that neither applies)
 
     def __post_init__(self):
         for name in ("lr", "localization"):
@@ -62,6 +71,10 @@ class SGLDConfig:
             raise ValueError("burnin and mala_every must be >= 0")
         if self.method not in ("auto", "vmap", "loop"):
             raise ValueError(f"method must be 'auto', 'vmap' or 'loop', got {self.method!r}")
+        if self.sampler not in ("sgld", "rmsprop"):
+            raise ValueError(f"sampler must be 'sgld' or 'rmsprop', got {self.sampler!r}")
+        if not (0 <= self.rmsprop_alpha < 1 and self.rmsprop_eps > 0):
+            raise ValueError("need 0 <= rmsprop_alpha < 1 and rmsprop_eps > 0")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if self.params is not None:
@@ -271,6 +284,17 @@ def run_chains(
     prev_noise = torch.empty_like(w) if pair_steps else None
     prev_energy = torch.empty(C, device=device, dtype=w.dtype)
     pair_index = 0
+    # RMSProp preconditioner (config.sampler "rmsprop"), per chain and parameter: V the running mean of the squared
+    # minibatch gradient, G = 1/(eps + sqrt(V̂)) with V̂ bias-corrected as in Adam (Kingma & Ba 2015), so that a short
+    # burn-in gives the scale, not a fraction of it. Adapted while t < burnin (at least on the first step), then
+    # frozen: with a constant G the preconditioned Langevin step leaves the tempered posterior invariant (up to the
+    # step's discretization bias) with no correction term, which an ever-adapting G would need (Li et al. 2016, Γ).
+    rms = config.sampler == "rmsprop"
+    square_avg = torch.zeros_like(w) if rms else None  # [C, D] V
+    precond = torch.ones_like(w) if rms else None  # [C, D] G
+    sqrt_precond = torch.ones_like(w) if rms else None  # [C, D] sqrt(G)
+    step_drift, step_noise = (torch.empty_like(w), torch.empty_like(w)) if rms else (None, None)
+    adapt_steps = max(config.burnin, 1) if config.rmsprop_freeze else T
 
     paths = _GradientPaths(flat, w, grad)
     notes: list[str] = []
@@ -293,7 +317,14 @@ def run_chains(
             loss = paths.loop(batch)
         loss_trace[:, t] = loss.detach()
 
-        # Lau et al. 2023 (arXiv 2308.12108) eq. 8: Δw = ε/2 (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε)
+        if rms and t < adapt_steps:  # the raw minibatch gradient, before it becomes the drift below
+            a = config.rmsprop_alpha
+            square_avg.mul_(a).addcmul_(grad, grad, value=1 - a)
+            torch.div(square_avg, 1 - a ** (t + 1), out=precond).sqrt_().add_(config.rmsprop_eps).reciprocal_()
+            torch.sqrt(precond, out=sqrt_precond)
+
+        # Lau et al. 2023 (arXiv 2308.12108) eq. 8: Δw = ε/2 (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε);
+        # preconditioned (Li et al. 2016): Δw = ε/2 G (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε G)
         offset = w - w0  # [C, D]
         mala_step = pair_index < len(pair_steps) and t - pair_steps[pair_index] in (0, 1)
         half_sq = 0.5 * offset.square().sum(1) if mala_step else None  # |w - w*|² / 2, for the MALA energy
@@ -311,9 +342,13 @@ def run_chains(
             if t == pair_steps[pair_index] + 1:
                 # MALA (Roberts & Tweedie 1996): log α = −ΔU + log q(w_t | w_t+1) − log q(w_t+1 | w_t),
                 # on one minibatch potential, since step t reused step t−1's batch.
+                # In units of the proposal's sd sqrt(ε G): back = sqrt(ε G)/2 (∇U_t + ∇U_t+1) − ξ_t, fwd = ξ_t.
                 energy = _col(nbeta) * loss.detach() + _col(gamma) * half_sq
-                back = prev_drift.add_(drift).mul_(lr / 2).sub_(prev_noise * sqrt_lr)
-                log_q_back = -back.square().sum(1) / (2 * _col(lr))
+                back = prev_drift.add_(drift).mul_(sqrt_lr / 2)
+                if rms:
+                    back.mul_(sqrt_precond)
+                back.sub_(prev_noise)
+                log_q_back = -0.5 * back.square().sum(1)
                 log_q_fwd = -0.5 * prev_noise.square().sum(1)
                 log_alpha = prev_energy - energy + log_q_back - log_q_fwd
                 mala[:, pair_index] = torch.exp(torch.clamp(log_alpha, max=0.0))
@@ -323,10 +358,15 @@ def run_chains(
                 prev_drift.copy_(drift)
                 prev_noise.copy_(noise)
 
-        if per_chain:
-            w.addcmul_(drift, lr, value=-0.5).addcmul_(noise, sqrt_lr)
+        if rms:  # the MALA bookkeeping above keeps the unpreconditioned drift and the standard noise
+            drift = torch.mul(drift, precond, out=step_drift)
+            step = torch.mul(noise, sqrt_precond, out=step_noise)
         else:
-            w.add_(drift, alpha=-lr / 2).add_(noise, alpha=sqrt_lr)
+            step = noise
+        if per_chain:
+            w.addcmul_(drift, lr, value=-0.5).addcmul_(step, sqrt_lr)
+        else:
+            w.add_(drift, alpha=-lr / 2).add_(step, alpha=sqrt_lr)
 
         # One host sync every 64 steps: stop early once every chain has diverged.
         if (t + 1) % 64 == 0 or t == T - 1:

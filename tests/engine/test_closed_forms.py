@@ -1,14 +1,17 @@
 """Tests for the closed-form learning coefficients in slt_probe.engine.closed_forms."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
+from scipy import integrate, special
 
 from slt_probe.engine.closed_forms import (
     dln_learning_coefficient,
     dln_parameter_count,
     monomial_learning_coefficient,
+    normal_crossing_estimand,
     normal_crossing_learning_coefficient,
     reduced_rank_regression_learning_coefficient,
     regular_learning_coefficient,
@@ -80,6 +83,102 @@ def test_non_integer_inputs_rejected():
         monomial_learning_coefficient([2.5])
     with pytest.raises(TypeError):
         dln_learning_coefficient([2.0, 3], 1)
+
+
+# -----------------------------------------------------------------------------
+# the finite-temperature estimand E[nbeta L] of a normal crossing, against answers found without the 2-D quadrature
+
+
+@pytest.mark.parametrize("ks", [[1], [0, 1], [1, 0, 0]])
+@pytest.mark.parametrize("nbeta, gamma, scale", [(100.0, 1.0, 1.0), (30.0, 0.01, 0.98), (0.5, 10.0, 2.0)])
+def test_estimand_of_a_quadratic_is_the_gaussian_one(ks, nbeta, gamma, scale):
+    # L = c w^2: p is Gaussian with precision 2 nbeta c + gamma, so E[nbeta c w^2] = nbeta c / (2 nbeta c + gamma)
+    a = nbeta * scale
+    assert normal_crossing_estimand(ks, nbeta, gamma, scale=scale) == pytest.approx(a / (2 * a + gamma), rel=1e-12)
+
+
+@pytest.mark.parametrize("ks", [[1], [0, 2], [3, 0], [0, 0, 4]])
+@pytest.mark.parametrize("nbeta", [1e-3, 1.0, 100.0, 1e6])
+def test_estimand_of_one_coordinate_is_lambda_without_localization(ks, nbeta):
+    # nbeta w^2k is homogeneous: w -> t^(1/2k) w shows nbeta E[L] = 1/(2k) at every nbeta when gamma = 0
+    lam = normal_crossing_learning_coefficient(ks)
+    assert normal_crossing_estimand(ks, nbeta, 0.0) == pytest.approx(lam, rel=1e-12)
+    # and it approaches that from below as gamma -> 0 (the Gaussian pull shortens the flat w^2k well)
+    assert lam * (1 - 1e-3) < normal_crossing_estimand(ks, nbeta, 1e-6 * nbeta ** (1 / max(ks))) < lam
+
+
+def crossing_11_closed_form(a, gamma):
+    # Given w1, w2 is Gaussian (precision 2 a w1^2 + gamma): Z(a) ∝ a^-1/2 e^z K0(z), z = gamma^2 / (8 a), from
+    # ∫_0^∞ e^{-p x^2} (x^2 + q)^{-1/2} dx = e^{pq/2} K0(pq/2) / 2 (x = sqrt(q) sinh(t/2) turns it into
+    # K0(z) = ∫_0^∞ e^{-z cosh t} dt), so E[a w1^2 w2^2] = -a d log Z / da = 1/2 + z (1 - K1(z) / K0(z)).
+    # k1e / k0e: the e^z factors cancel.
+    z = gamma**2 / (8 * a)
+    return 0.5 + z * (1 - special.k1e(z) / special.k0e(z))
+
+
+@pytest.mark.parametrize("nbeta", [1.0, 30.0, 100.0, 1e4, 1e8])
+@pytest.mark.parametrize("gamma", [0.01, 1.0, 10.0])
+def test_estimand_of_crossing_11_matches_its_closed_form(nbeta, gamma):
+    expected = crossing_11_closed_form(nbeta, gamma)
+    assert normal_crossing_estimand([1, 1], nbeta, gamma) == pytest.approx(expected, rel=1e-12)
+
+
+def test_estimand_of_crossing_11_approaches_lambda_like_one_over_log():
+    # multiplicity 2: 1/2 - E = 1 / K0(z) + O(z) -> 1 / (log(16 nbeta / gamma^2) - Euler's gamma), slowly
+    for nbeta in [1e6, 1e9, 1e12]:
+        deficit = 0.5 - normal_crossing_estimand([1, 1], nbeta, 1.0)
+        assert deficit == pytest.approx(1 / (math.log(16 * nbeta) - np.euler_gamma), rel=1e-5)
+
+
+def crossing_1k_by_1d_quadrature(k, a, gamma):
+    # the route of the helper this replaced ([1, 1] only): given w2, w1 is Gaussian with precision
+    # P = 2 a w2^2k + gamma, so E[a w1^2 w2^2k | w2] = a w2^2k / P, and w2 has density ∝ e^{-gamma w2^2/2} P^-1/2
+    def P(w):
+        return 2 * a * w ** (2 * k) + gamma
+
+    def weight(w):
+        return math.exp(-gamma * w * w / 2) / math.sqrt(P(w))
+
+    knee = (gamma / (2 * a)) ** (1 / (2 * k))
+    tail = 12 / math.sqrt(gamma)
+    pts = [p for p in (knee, 10 * knee, 100 * knee) if p < tail]
+    num = integrate.quad(lambda w: weight(w) * a * w ** (2 * k) / P(w), 0, tail, points=pts, limit=400, epsabs=0)[0]
+    den = integrate.quad(weight, 0, tail, points=pts, limit=400, epsabs=0)[0]
+    return num / den
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("nbeta, gamma", [(100.0, 1.0), (1e4, 0.01), (3.0, 5.0)])
+def test_estimand_of_crossing_1k_matches_a_1d_quadrature(k, nbeta, gamma):
+    expected = crossing_1k_by_1d_quadrature(k, nbeta, gamma)
+    assert normal_crossing_estimand([1, k], nbeta, gamma) == pytest.approx(expected, rel=1e-10)
+    assert normal_crossing_estimand([k, 1], nbeta, gamma) == pytest.approx(expected, rel=1e-10)  # the other orientation
+
+
+@pytest.mark.parametrize("ks", [[1, 1], [1, 2], [2, 2], [2, 3], [3, 3]])
+def test_estimand_invariances(ks):
+    base = normal_crossing_estimand(ks, 100.0, 1.0)
+    # the coordinates can be swapped, and free ones (k = 0) added
+    assert normal_crossing_estimand(ks[::-1], 100.0, 1.0) == pytest.approx(base, rel=1e-10)
+    assert normal_crossing_estimand([0] + ks + [0], 100.0, 1.0) == pytest.approx(base, rel=1e-10)
+    # only nbeta * scale enters, and w -> w / sqrt(gamma) maps (nbeta, gamma) to (nbeta gamma^-(k1 + k2), 1)
+    assert normal_crossing_estimand(ks, 50.0, 1.0, scale=2.0) == pytest.approx(base, rel=1e-10)
+    g = 0.01
+    assert normal_crossing_estimand(ks, 100.0 * g ** sum(ks), g) == pytest.approx(base, rel=1e-10)
+    # below lambda, and closer to it at a larger nbeta or a weaker localization
+    lam = normal_crossing_learning_coefficient(ks)
+    assert base < normal_crossing_estimand(ks, 1e4, 1.0) < lam
+    assert base < normal_crossing_estimand(ks, 100.0, 0.1) < lam
+
+
+@pytest.mark.parametrize(
+    "ks, nbeta, gamma, scale",
+    [([1, 1, 1], 100.0, 1.0, 1.0), ([1, 1], 100.0, 0.0, 1.0), ([1], 0.0, 1.0, 1.0), ([1], 100.0, -1.0, 1.0),
+     ([1], 100.0, 1.0, -1.0), ([1], math.inf, 1.0, 1.0), ([0, 0], 100.0, 1.0, 1.0), ([1, -1], 100.0, 1.0, 1.0)],
+)
+def test_estimand_rejects_invalid(ks, nbeta, gamma, scale):
+    with pytest.raises(ValueError):
+        normal_crossing_estimand(ks, nbeta, gamma, scale=scale)
 
 
 # -----------------------------------------------------------------------------

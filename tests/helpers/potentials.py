@@ -10,7 +10,6 @@ and their empirical versions L_n have the same learning coefficient (see each bu
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -134,32 +133,3 @@ def describe(name: str, lam: float, result, target: str = "lambda") -> str:
         f"ess={result.diagnostics.ess_bulk:.0f} | {result.seconds:.1f}s"
     )
 
-
-# ----------------------------------------------------------------------------------------------------------
-# the exact finite-temperature target of the [1, 1] normal crossing
-
-
-def tempered_crossing_11(nbeta: float, gamma: float, c: float = 1.0) -> float:
-    """E[nbeta L] under the localized tempered posterior exp(-nbeta L(w) - gamma/2 |w|^2), L = c w1^2 w2^2.
-
-    This is what an exact sampler would return as lambda_hat for the [1, 1] crossing at this (nbeta, gamma):
-    lambda = 1/2 only as nbeta -> infinity, with a deficit ~ 1 / log(nbeta / gamma^2) (multiplicity 2).
-    Given w1, w2 is Gaussian with precision P = 2 nbeta c w1^2 + gamma, so E[nbeta L | w1] = nbeta c w1^2 / P
-    and the marginal of w1 is exp(-gamma w1^2 / 2) P^(-1/2): one 1-D integral each.
-    """
-    from scipy import integrate  # scipy is a dependency of slt_probe (diagnostics)
-
-    def prec(w):
-        return 2 * nbeta * c * w * w + gamma
-
-    def weight(w):
-        return math.exp(-gamma * w * w / 2) / math.sqrt(prec(w))
-
-    # the w1 marginal has a sharp peak of width sqrt(gamma / (2 nbeta c)) at 0 and a Gaussian tail
-    knee = math.sqrt(gamma / (2 * nbeta * c))
-    tail = 12 / math.sqrt(gamma)
-    pts = [knee, 10 * knee, 100 * knee]
-    pts = [p for p in pts if p < tail]
-    num = integrate.quad(lambda w: weight(w) * nbeta * c * w * w / prec(w), 0, tail, points=pts, limit=200)[0]
-    den = integrate.quad(weight, 0, tail, points=pts, limit=200)[0]
-    return num / den

@@ -34,7 +34,7 @@ from scipy.stats import spearmanr
 from torch.func import jacrev
 
 from slt_probe.engine.estimate import LLCResult, estimate_llc
-from slt_probe.engine.dln import mse
+from slt_probe.engine.dln import DLN_LR, mse
 from slt_probe.engine.sampler import SGLDConfig
 from slt_probe.engine.closed_forms import dln_learning_coefficient, dln_parameter_count
 from modelfiles import load_model_file
@@ -162,11 +162,13 @@ def test_full_rank_hessian_rank_is_twice_lambda():
 
 
 @pytest.mark.slow
-def test_llc_matches_dln_formula_at_full_rank():
-    rows = run_validation()
+@pytest.mark.parametrize("sampler", ["sgld", "rmsprop"])
+def test_llc_matches_dln_formula_at_full_rank(sampler):
+    """Both samplers; RMSProp at its own ε (slt_probe.engine.dln.DLN_LR: G ≈ 1/eps = 10 at these gradients)."""
+    rows = run_validation(sampler=sampler, lr=DLN_LR[sampler])
     table = format_rows(rows)
     rho = float(spearmanr([r["llc"] for r in rows], [r["lam"] for r in rows]).statistic)
-    print(f"\n{table}\nSpearman ρ = {rho:.3f}")
+    print(f"\n{sampler}\n{table}\nSpearman ρ = {rho:.3f}")
 
     assert all(r["rank"] == min(r["widths"]) for r in rows), f"a true product is not full rank:\n{table}"
     failed = [r for r in rows if r["verdict"] == "fail"]

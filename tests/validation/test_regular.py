@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from potentials import describe, linear_regression_problem, run_case, sgld_config
+from potentials import PointModel, describe, linear_regression_problem, run_case, sgld_config
 
 from slt_probe import estimate_llc
 from slt_probe.engine.closed_forms import regular_learning_coefficient
@@ -27,21 +27,25 @@ D_OUT, D_IN = 4, 3
 # burn-in 200 = 10 relaxation times from W* (where the chain starts, the variance must grow to its value);
 # draws 1000 = 50 relaxation times per chain; 256 chains (vmapped, nearly free) give a s.e. ~0.5%.
 HP = dict(nbeta=1000.0, lr=1e-4, localization=1.0, chains=256, burnin=200, draws=1000)
+# RMSProp (sampler "rmsprop"): G = 1/(0.1 + sqrt(V)) ≈ 8 here (the gradients are ~0.03), so ε/8 keeps the step
+# G·ε·h the same; the preconditioner adapts during the 200 burn-in steps and is then frozen.
+HP_RMSPROP = dict(HP, lr=1.25e-5, sampler="rmsprop")
 
 
-def test_full_rank_linear_regression_lambda_is_half_the_parameter_count():
+@pytest.mark.parametrize("hp", [HP, HP_RMSPROP], ids=["sgld", "rmsprop"])
+def test_full_rank_linear_regression_lambda_is_half_the_parameter_count(hp):
     problem = linear_regression_problem(D_OUT, D_IN, seed=SEED)
     d = D_OUT * D_IN
     lam = regular_learning_coefficient(d)
-    result = run_case(problem, HP, seed=SEED)
-    print("\n" + describe(f"linear regression {D_OUT}x{D_IN}", lam, result))
-    # the closed-form finite-(nβ, γ, lr) expectation, for the log: ~ +1.1% above d/2
+    result = run_case(problem, hp, seed=SEED)
+    print("\n" + describe(f"linear regression {D_OUT}x{D_IN}, {hp.get('sampler', 'sgld')}", lam, result))
+    # the closed-form finite-(nβ, γ, lr) expectation of plain SGLD, for the log: ~ +1.1% above d/2
     h = HP["nbeta"] / 2 + HP["localization"]
     expected = lam / (1 + 2 * HP["localization"] / HP["nbeta"]) / (1 - HP["lr"] * h / 4)
-    print(f"  closed-form ULA expectation at these settings: {expected:.4f} ({(expected - lam) / lam:+.1%})")
+    print(f"  closed-form ULA expectation at the SGLD settings: {expected:.4f} ({(expected - lam) / lam:+.1%})")
 
     assert math.isfinite(result.llc_mean)
-    assert result.diagnostics.chains_ok == HP["chains"]
+    assert result.diagnostics.chains_ok == hp["chains"]
     assert abs(result.llc_mean - lam) <= 0.10 * lam, f"λ̂ {result.llc_mean:.4f} not within 10% of d/2 = {lam}"
     assert result.verdict != "fail", result.diagnostics.reasons
 
@@ -79,3 +83,33 @@ def test_the_refined_llc_of_half_the_weights_is_half_their_count():
     assert result.num_params == 6
     assert abs(result.llc_mean - lam) <= 0.10 * lam, f"λ̂ {result.llc_mean:.4f} not within 10% of 6/2 = {lam}"
     assert result.verdict != "fail", result.diagnostics.reasons
+
+
+def badly_scaled_regression(scales=(10.0, 1.0, 0.1), d_out=2, n=20_000, seed=0):
+    """y = W x with input features of very different scales: the loss's curvature along the weights of feature i
+    is ∝ scales[i]², here 1e4 apart, as the weights of a transformer's embeddings, LayerNorm gains and attention
+    differ. Still regular: λ = d/2."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, len(scales), generator=g) * torch.tensor(scales)  # [n, d_in]
+    w_star = torch.randn(d_out, len(scales), generator=g)
+    y = x @ w_star.T
+
+    def loss_fn(model, batch):
+        xb, yb = batch
+        return (xb @ model.w.view(d_out, len(scales)).T - yb).square().mean()
+
+    return PointModel(w_star.reshape(-1)), (x, y), loss_fn
+
+
+def test_rmsprop_equilibrates_where_one_step_size_cannot():
+    """One ε for every weight must suit the stiffest (curvature nβ·h ≈ 1e5: ε ≲ 1e-6), and then the flattest
+    (nβ·h ≈ 10) relaxes in 1/(ε·10) = 1e5 steps: in 3500 steps SGLD reads far below d/2, and R-hat says the chains
+    have not mixed. RMSProp's per-weight step equilibrates both: within 10% of d/2 = 3, with the same budget."""
+    problem = badly_scaled_regression()
+    lam = regular_learning_coefficient(6)
+    common = dict(nbeta=1000.0, localization=0.01, chains=64, burnin=1000, draws=2500)
+    sgld = run_case(problem, dict(common, lr=1e-6))
+    rms = run_case(problem, dict(common, lr=1e-6, sampler="rmsprop", rmsprop_eps=1e-3))
+    print("\n" + describe("badly scaled regression, sgld", lam, sgld) + "\n" + describe("  rmsprop", lam, rms))
+    assert abs(rms.llc_mean - lam) <= 0.10 * lam and rms.diagnostics.chains_ok == common["chains"]
+    assert sgld.llc_mean < 0.75 * lam  # what the preconditioner buys
