@@ -2,14 +2,18 @@
 
     python benchmarks/auto_method.py
 
-Deep linear networks (tiny activations) and the demo's attention-only transformer (activations dominate) at 2, 4 and 16
-chains. sampler.auto_method, the rule "auto" follows, was read off this table: the rule must not depend on timing at
-run time, or the same command could pick another path, hence other numbers, on a busier machine.
+Deep linear networks (tiny activations), the demo's attention-only transformer (activations dominate) and bench_llc's
+GPT-style transformer with F.scaled_dot_product_attention, biases and LayerNorm (SDPA has no vmap batching rule on
+the CPU: under vmap it runs per sample, with a "performance drop" warning), at 2, 4 and 16 chains.
+sampler.auto_method, the rule "auto" follows, was read off this table: the rule must not depend on timing at run
+time, or the same command could pick another path, hence other numbers, on a busier machine.
 """
 
 import time
+import warnings
 
 import torch
+from bench_llc import gpt_sdpa  # benchmarks/ is on sys.path when a script there runs
 
 from slt_probe.demo.model import attn_only
 from slt_probe.engine.data import lm_cross_entropy
@@ -43,6 +47,12 @@ def main() -> None:
                dict(vocab_size=512, n_ctx=64, d_model=128, n_heads=4)):
         batch = torch.randint(0, kw["vocab_size"], (32, kw["n_ctx"] + 1))
         cases.append((f"attn_only d{kw['d_model']} T{kw['n_ctx']}", attn_only(**kw).eval(), lm_cross_entropy, batch, 3))
+    for kw in (dict(vocab_size=64, n_ctx=16, d_model=16, n_heads=2, n_layers=2),
+               dict(vocab_size=256, n_ctx=32, d_model=32, n_heads=2, n_layers=2),
+               dict(vocab_size=256, n_ctx=32, d_model=64, n_heads=4, n_layers=2)):
+        batch = torch.randint(0, kw["vocab_size"], (32, kw["n_ctx"] + 1))
+        cases.append((f"gpt_sdpa d{kw['d_model']} T{kw['n_ctx']}", gpt_sdpa(**kw).eval(), lm_cross_entropy, batch, 3))
+    warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap over SDPA, every step
     print(f"{'model':28s} {'D':>8s} {'C':>3s} {'vmap ms':>9s} {'loop ms':>9s} {'loop/vmap':>9s}  faster  auto")
     hits = 0
     for name, model, loss_fn, batch, repeats in cases:

@@ -1,16 +1,22 @@
 """Wall time of one LLC estimate in one process: a bare sequential SGLD loop, slt-probe, devinterp, and the
 peer canonical-interp (optional); then the DLN accuracy of slt-probe and canonical-interp at the same settings.
 
-    python benchmarks/bench_llc.py                 # CPU workloads (a) and (b), then the DLN accuracy
-    python benchmarks/bench_llc.py --device cuda   # workload (c): the same on a GPU
+    python benchmarks/bench_llc.py                 # workloads (a), (b) and (c), then the DLN accuracy
+    python benchmarks/bench_llc.py --device cuda   # the same on a GPU
+    python benchmarks/bench_llc.py --only a c --threads 2 1 --repeats 3 --no-peers   # slt-probe against the floor
     python benchmarks/bench_llc.py --only b --dln-batch 32   # (b) with another batch size
     python benchmarks/bench_llc.py --only dln --dln-seeds 4  # the accuracy alone, over more sampler seeds
 
 (a) the 2-layer attention-only transformer (d_model 128, 4 heads, ctx 64, vocab 512; 270k params),
-    4 chains x 100 draws, batch 32 -- per-step work dominates.
+    4 chains x 100 draws, batch 32, on 1024 random sequences of 64 tokens (--lm-samples) -- per-step work dominates.
 (b) a small deep linear network (9k params), 16 chains x 500 draws, batch 100 -- per-step overhead
     dominates. devinterp's llc() takes language-model token datasets only, so it is absent here.
-Each way runs --repeats times, interleaved, and the fastest run counts: the machines are shared and noisy.
+(c) a GPT-style transformer (gpt_sdpa: 3 pre-LayerNorm blocks of F.scaled_dot_product_attention and a 4x GELU MLP,
+    biases everywhere, d_model 128, 4 heads, ctx 64, vocab 256; 669k params), the same settings and data size as (a). SDPA has no
+    vmap batching rule on the CPU, so its vmap path falls back to a per-sample loop inside the op.
+--threads runs the timed workloads at each torch thread count in turn (default: torch's own, the cores).
+Each way runs --repeats times, interleaved (each round in a rotated order), and the fastest run counts: the machines
+are shared and noisy. "paired" is the median over rounds of the ratio to the bare loop within a round.
 "1st run" is the first of them: for canonical-interp it includes torch.compile's compilation (its default,
 mode "reduce-overhead"; its SGLD update is compiled even with compile=False). Every way runs the same number of
 chain-steps (chains x (burn-in + draws)), so "x bare loop" is also the ratio of time per chain-step.
@@ -47,6 +53,7 @@ from importlib import metadata
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from slt_probe import SGLDConfig, estimate_llc
@@ -60,6 +67,44 @@ PEER, PEER_VERSION = "canonical-interp", "0.2.7"
 def load_attn_only():
     """The demo's attention-only transformer factory (models/attn_only.py points at the same code)."""
     return attn_only
+
+
+class _GPTBlock(nn.Module):
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.qkv, self.proj = nn.Linear(d_model, 3 * d_model), nn.Linear(d_model, d_model)
+        self.fc, self.fc_out = nn.Linear(d_model, 4 * d_model), nn.Linear(4 * d_model, d_model)
+
+    def forward(self, x):
+        B, T, C = x.shape  # batch, seq, d_model
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2)
+                   for t in self.qkv(self.ln1(x)).split(C, dim=-1))  # each (B, nh, T, dh)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.proj(y)
+        return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPTSdpa(nn.Module):
+    """Workload (c): token + position embeddings, pre-LayerNorm blocks with SDPA and an MLP, a final LayerNorm."""
+
+    def __init__(self, vocab_size=256, n_ctx=64, d_model=128, n_heads=4, n_layers=3):
+        super().__init__()
+        self.embed, self.pos_embed = nn.Embedding(vocab_size, d_model), nn.Embedding(n_ctx, d_model)
+        self.blocks = nn.ModuleList([_GPTBlock(d_model, n_heads) for _ in range(n_layers)])
+        self.ln_f, self.unembed = nn.LayerNorm(d_model), nn.Linear(d_model, vocab_size)
+        self.register_buffer("pos", torch.arange(n_ctx), persistent=False)
+
+    def forward(self, tokens):  # (B, T) -> (B, T, vocab)
+        x = self.embed(tokens) + self.pos_embed(self.pos[: tokens.shape[-1]])
+        for block in self.blocks:
+            x = block(x)
+        return self.unembed(self.ln_f(x))
+
+
+def gpt_sdpa(**kwargs) -> GPTSdpa:
+    return GPTSdpa(**kwargs)
 
 
 def sync(device):
@@ -174,34 +219,45 @@ def timed(fn):
 
 
 def run(name, ways, repeats, device, chain_steps):
+    """Each way `repeats` times; round r runs the ways in an order rotated by r, so that none always runs first (on
+    a shared machine the load drifts within a round). Prints the fastest run of each way over the bare loop's, and
+    the median over rounds of the ratio within a round (drift between rounds cancels in it)."""
     best, first, extra, failed = {}, {}, {}, {}
-    for _ in range(repeats):
-        for way, fn in ways.items():
+    rounds = []  # {way: seconds} per round
+    names = list(ways)
+    for r in range(repeats):
+        times = {}
+        for way in names[r % len(names):] + names[: r % len(names)]:
             if way in failed:
                 continue
             sync(device)
             try:
-                seconds, out = timed(fn)
+                seconds, out = timed(ways[way])
             except Exception as e:  # a peer that cannot run this workload: say so, keep the others
                 failed[way] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 continue
             sync(device)
+            times[way] = seconds
             first.setdefault(way, seconds)
             if seconds < best.get(way, float("inf")):
                 best[way] = seconds
                 if out is not None:
                     extra[way] = out
+        rounds.append(times)
     floor = best["bare loop"]
     print(f"\n{name}")
-    print(f"  {'way':<40}{'wall s':>9}{'ms/chain-step':>15}{'x bare loop':>13}{'1st run s':>11}")
-    for way, seconds in best.items():
-        print(f"  {way:<40}{seconds:>9.2f}{1e3 * seconds / chain_steps:>15.3f}{seconds / floor:>13.3f}"
+    print(f"  {'way':<40}{'wall s':>9}{'ms/chain-step':>15}{'x bare loop':>13}{'paired':>9}{'1st run s':>11}")
+    for way in (w for w in names if w in best):
+        seconds = best[way]
+        paired = float(np.median([t[way] / t["bare loop"] for t in rounds if way in t and "bare loop" in t]))
+        print(f"  {way:<40}{seconds:>9.2f}{1e3 * seconds / chain_steps:>15.3f}{seconds / floor:>13.3f}{paired:>9.3f}"
               f"{first[way]:>11.2f}")
     for way, why in failed.items():
         print(f"  {way}: failed ({why})")
     for way, r in extra.items():
-        print(f"  {way}: sampler alone {r.seconds:.2f} s ({r.seconds / floor:.3f}x), method {r.diagnostics.method}, "
-              f"λ̂ {r.llc_mean:.3f} ± {r.llc_se:.3f}; {'; '.join(r.diagnostics.notes)}")
+        print(f"  {way}: sampler alone {r.seconds:.2f} s ({r.seconds / floor:.3f}x), the rest (copy, L_n(w*), "
+              f"diagnostics) {best[way] - r.seconds:.2f} s ({(best[way] - r.seconds) / floor:.3f}x), method "
+              f"{r.diagnostics.method}, λ̂ {r.llc_mean:.3f} ± {r.llc_se:.3f}; {'; '.join(r.diagnostics.notes)}")
     return best
 
 
@@ -240,38 +296,61 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--only", choices=["a", "b", "dln"], default=None)
+    ap.add_argument("--only", nargs="+", choices=["a", "b", "c", "dln"], default=None,
+                    help="the workloads to run (default: all)")
+    ap.add_argument("--threads", nargs="+", type=int, default=None,
+                    help="torch thread counts to time (a), (b) and (c) at, in turn (default: torch's own)")
+    ap.add_argument("--no-peers", action="store_true", help="time the bare loop and slt-probe only")
+    ap.add_argument("--lm-samples", type=int, default=1024,
+                    help="sequences in the data of (a) and (c): L_n(w*) covers the distinct ones the draws see, "
+                         "all 1024 by default; with many more, about 0.9 x draws x batch")
     ap.add_argument("--dln-batch", type=int, default=100, help="batch size of workload (b)")
     ap.add_argument("--dln-widths", nargs="+", default=["8,6,4,8", "10,12,6,10"],
                     help="DLN widths of the accuracy check, each comma-separated")
     ap.add_argument("--dln-seeds", type=int, default=2, help="sampler seeds of the accuracy check")
     args = ap.parse_args()
+    only = set(args.only or ["a", "b", "c", "dln"])
     device = torch.device(args.device)
-    torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"Python {sys.version.split()[0]}")
-    peer = load_peer()
+    peer = None if args.no_peers else load_peer()
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        timings(only, device, peer, args, threads)
+    if "dln" in only:
+        dln_accuracy([[int(w) for w in ws.split(",")] for ws in args.dln_widths], args.dln_seeds, peer, device)
 
-    if args.only in (None, "a"):
+
+def lm_workload(label, model, data, args, device, peer, threads):
+    """(a) and (c): a language model on token ids [N, 64], 4 chains x 100 draws, batch 32."""
+    cfg = SGLDConfig(lr=1e-4, localization=100.0, nbeta=30.0, chains=4, draws=100, burnin=0, batch_size=32,
+                     device=str(device))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ways = {
+        "bare loop": lambda: bare_loop(model, data, lm_cross_entropy, cfg, device),
+        "slt-probe (auto)": lambda: estimate_llc(model, data, config=cfg),
+        "slt-probe (vmap)": lambda: estimate_llc(model, data, config=SGLDConfig(**{**cfg.to_dict(), "method": "vmap"})),
+    }
+    if not args.no_peers:
+        ways["devinterp 2.0.1"] = lambda: devinterp_llc(model, data, cfg, device)
+        ways.update(peer_ways(peer, model, data, cfg, device, criterion=lm_criterion, unpack=unpack_lm))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # vmap's "performance drop" warning, once per op per step
+        run(f"{label}, {sum(p.numel() for p in model.parameters())} params, {cfg.chains} chains x {cfg.draws} draws, "
+            f"batch {cfg.batch_size}, {data.shape[0]} sequences, {threads} threads", ways, args.repeats, device, cfg.chains * cfg.steps)
+
+
+def timings(only, device, peer, args, threads):
+    if "a" in only:
+        torch.manual_seed(0)
         model = load_attn_only()(vocab_size=512, n_ctx=64, d_model=128, n_heads=4).to(device)
         # [N, 64]: devinterp feeds all 64 tokens to the model (n_ctx 64) and scores 63 of them, as we do
-        data = torch.randint(0, 512, (1024, 64), device=device)
-        cfg = SGLDConfig(lr=1e-4, localization=100.0, nbeta=30.0, chains=4, draws=100, burnin=0, batch_size=32,
-                         device=str(device))
-        for p in model.parameters():
-            p.requires_grad_(True)
-        ways = {
-            "bare loop": lambda: bare_loop(model, data, lm_cross_entropy, cfg, device),
-            "slt-probe (auto)": lambda: estimate_llc(model, data, config=cfg),
-            "slt-probe (vmap)": lambda: estimate_llc(model, data, config=SGLDConfig(**{**cfg.to_dict(), "method": "vmap"})),
-            "devinterp 2.0.1": lambda: devinterp_llc(model, data, cfg, device),
-            **peer_ways(peer, model, data, cfg, device, criterion=lm_criterion, unpack=unpack_lm),
-        }
-        run(f"(a) attention-only transformer, {sum(p.numel() for p in model.parameters())} params, "
-            f"{cfg.chains} chains x {cfg.draws} draws, batch {cfg.batch_size}", ways, args.repeats, device,
-            cfg.chains * cfg.steps)
+        data = torch.randint(0, 512, (args.lm_samples, 64), device=device)
+        lm_workload("(a) attention-only transformer", model, data, args, device, peer, threads)
 
-    if args.only in (None, "b"):
+    if "b" in only:
+        torch.manual_seed(0)
         widths = [40, 50, 50, 50, 40]
         model = deep_linear_network(widths).to(device)
         x = torch.randn(10_000, widths[0], device=device)
@@ -287,11 +366,15 @@ def main():
             **peer_ways(peer, model, data, cfg, device, criterion=F.mse_loss),
         }
         run(f"(b) deep linear network {widths}, {sum(p.numel() for p in model.parameters())} params, "
-            f"{cfg.chains} chains x {cfg.draws} draws, batch {cfg.batch_size}", ways, args.repeats, device,
-            cfg.chains * cfg.steps)
+            f"{cfg.chains} chains x {cfg.draws} draws, batch {cfg.batch_size}, {threads} threads", ways, args.repeats,
+            device, cfg.chains * cfg.steps)
 
-    if args.only in (None, "dln"):
-        dln_accuracy([[int(w) for w in ws.split(",")] for ws in args.dln_widths], args.dln_seeds, peer, device)
+    if "c" in only:
+        torch.manual_seed(0)
+        model = gpt_sdpa(vocab_size=256, n_ctx=64, d_model=128, n_heads=4, n_layers=3).to(device)
+        data = torch.randint(0, 256, (args.lm_samples, 64), device=device)
+        lm_workload("(c) GPT-style transformer (SDPA, biases, LayerNorm)", model, data, args, device, peer, threads)
+
 
 
 if __name__ == "__main__":

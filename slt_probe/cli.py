@@ -30,7 +30,7 @@ from slt_probe.engine.sampler import SGLDConfig
 from slt_probe.errors import InputError, OutputError
 from slt_probe.inputs.curves import is_table
 from slt_probe.inputs.specs import RunSpec, sgld_config
-from slt_probe.runs.calibrate import CalibrationGrid, calibrate_folder
+from slt_probe.runs.calibrate import RUNS, CalibrationGrid, calibrate_folder
 from slt_probe.runs.detect import detect_and_store, detect_in_csv
 from slt_probe.runs.walker import plan, walk_folder
 from slt_probe.store import EXTERNAL_ENGINE, load_results, versions
@@ -530,7 +530,8 @@ def calibrate(
     at: Annotated[str, typer.Option(help="which checkpoints: first (past 1% of the run), middle, last")] = \
         "first,middle,last",
     steps: Annotated[Optional[str], typer.Option(help="calibrate at these steps instead, e.g. 100,1000")] = None,
-    lr_grid: Annotated[str, typer.Option("--lr", help="step sizes ε to try")] = "1e-5,3e-5,1e-4,3e-4,1e-3",
+    lr_grid: Annotated[Optional[str], typer.Option("--lr", help="step sizes ε to try [sgld: 1e-5,3e-5,1e-4,3e-4,1e-3; "
+                                                   "rmsprop: ten times smaller]")] = None,
     localization_grid: Annotated[str, typer.Option("--localization", help="localizations γ to try")] = "30,100,300",
     nbeta_grid: Annotated[Optional[str], typer.Option("--nbeta", help="nβ values to try [n / log n]")] = None,
     chains: Annotated[int, typer.Option(help="chains per grid point")] = 4,
@@ -568,15 +569,27 @@ def calibrate(
         ("ESS/s", lambda r: f"{r['ess_per_second']:.0f}", True),
         ("result", lambda r: r["result"].replace("recommended", "RECOMMENDED"), False),
     ]))
+    if cal.bias_checks:
+        typer.echo("bias checks (λ̂ at the candidate, at lr/2 and at γ/10, twice the draws):")
+        stdout_console().print(table(cal.checks_table(), [
+            ("lr", lambda r: f"{r['lr']:g}", True), ("γ", lambda r: f"{r['localization']:g}", True),
+            *[(f"{run} @ {s}", lambda r, run=run, j=j: f"{r[run][j][0]:.3g} ± {r[run][j][1]:.2g}", True)
+              for run in RUNS for j, s in enumerate(cal.steps)],
+            ("result", lambda r: "passed" if r["passed"] else "failed: " + ", ".join(
+                k for k, v in r["checks"].items() if v.startswith("failed")), False),
+        ]))
     for line in cal.advice:
         typer.echo(f"note: {line}")
     typer.echo(f"wrote {out}, {png}")
-    if cal.recommended is None:
+    rec = cal.recommendation
+    if rec is None:
         typer.echo("no configuration passed: nothing recommended (see the notes above)")
         raise typer.Exit(1)
-    best = cal.points[cal.recommended]
+    best = rec.point
     typer.echo(f"recommended: lr {best['lr']:g}, localization {best['localization']:g}, nbeta {best['nbeta']:.4g} "
                f"→ {toml} (slt-probe walk ... --config {toml})")
+    for check, outcome in rec.checks.items():
+        typer.echo(f"  {check}: {outcome}")
 
 
 @app.command()

@@ -509,9 +509,16 @@ def test_the_calibrate_command_writes_sweep_plot_and_a_config_walk_reads(run):
         assert all(f[name].attrs["description"] for name in f)
         assert not f["passed"][2] and "diverged" in f["failed"].asstr()[2, 0]  # lr 100
         assert f["passed"][0] and not f["passed"][1]
+        checks = f["bias_checks"]  # the one passing point, checked at lr/2 and γ/10 with twice the draws
+        assert all(checks[name].attrs["description"] for name in checks) and checks.attrs["draws"] == 120
+        assert list(checks["grid_index"][...]) == [0] and checks["passed"][0] and checks["llc_mean"].shape == (1, 3, 3)
+        assert checks["checks"].asstr()[0, 2].startswith("passed: lr/2 gives")
+        assert json.loads(f.attrs["recommended_point"])["lr"] == 1e-5
     assert (run / "cal.png").stat().st_size > 10_000
     assert code == 0, out
     assert "recommended: lr 1e-05, localization 100, nbeta 30" in out and (run / "cal.toml").exists()
+    assert "step size: passed: lr/2 gives" in out and "localization: passed: γ/10 gives" in out
+    assert "#   step size: passed" in (run / "cal.toml").read_text()
     code, out = invoke("walk", run / "ckpts", "--model", f"{MODELS_DIR / 'attn_only.py'}:attn_only", "--model-config",
                        run / "model.json", "--data", run / "data.npy", "--config", run / "cal.toml", "--out",
                        run / "w.h5", "--quiet")

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from slt_probe.engine.data import Data, LossFn, take
 
@@ -125,18 +125,6 @@ class ChainTrace:
     seconds: float = 0.0
 
 
-class _Objective(nn.Module):
-    """model + loss_fn as one module, so functional_call swaps parameters under the user's loss."""
-
-    def __init__(self, model: nn.Module, loss_fn: LossFn):
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-
-    def forward(self, batch):
-        return self.loss_fn(self.model, batch)
-
-
 def select_params(names: list[str], pattern: str) -> list[bool]:
     """Which of the model's parameter names `pattern` selects (re.search); ValueError naming them when none."""
     keep = [re.search(pattern, name) is not None for name in names]
@@ -157,7 +145,7 @@ class FlatModel:
     """A model's parameters as one flat vector [D], and the loss as a function of that vector."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn):
-        self.objective = _Objective(model, loss_fn)
+        self.model, self.loss_fn = model, loss_fn
         named = [(f"model.{n}", p) for n, p in model.named_parameters()]
         if not named:
             raise ValueError("the model has no parameters")
@@ -165,6 +153,13 @@ class FlatModel:
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
         self.w0 = torch.cat([p.detach().reshape(-1) for _, p in named])  # [D]
+        # Every place a parameter is registered, as (module, attribute, index into names): a tied parameter (one
+        # tensor under two names) has several, and all of them take the same slice of w, as functional_call's ties do.
+        index = {id(p): i for i, (_, p) in enumerate(named)}
+        self.slots = []
+        for n, p in model.named_parameters(remove_duplicate=False):
+            prefix, _, attr = n.rpartition(".")
+            self.slots.append((model.get_submodule(prefix), attr, index[id(p)]))
 
     def mask(self, pattern: Optional[str]) -> Optional[torch.Tensor]:
         """[D] 1.0 on the parameters select_params(pattern) keeps, else 0.0; None when every parameter is sampled."""
@@ -179,7 +174,22 @@ class FlatModel:
         return {n: t.view(s) for n, t, s in zip(self.names, w.split(self.numels), self.shapes)}
 
     def loss(self, w: torch.Tensor, batch) -> torch.Tensor:
-        return functional_call(self.objective, self.unflatten(w), (batch,))
+        """loss_fn(model, batch) with every parameter replaced by its view of w [D] (under vmap, one chain's row).
+
+        What torch.func.functional_call(model, unflatten(w), ...) does, by the same assignment into each module's
+        _parameters, but with the slots found once: functional_call resolves the names and looks for tied weights on
+        every call, which cost ~1% of a 270k-parameter transformer's step on the CPU (the loop path calls it once per
+        chain and step). The model's own parameters are back in place when this returns or raises.
+        """
+        views = [t.view(s) for t, s in zip(w.split(self.numels), self.shapes)]
+        saved = [mod._parameters[attr] for mod, attr, _ in self.slots]
+        try:
+            for mod, attr, i in self.slots:
+                mod._parameters[attr] = views[i]
+            return self.loss_fn(self.model, batch)
+        finally:
+            for (mod, attr, _), p in zip(self.slots, saved):
+                mod._parameters[attr] = p
 
 
 def _col(v):
@@ -209,15 +219,20 @@ class _GradientPaths:
         self.grad.copy_(g)
         return loss.detach()
 
-    def loop(self, batch) -> torch.Tensor:
+    def loop(self, batch, same: bool = False) -> torch.Tensor:
+        """same: every chain is at the same point (step 0, all at w*), so chain 0's loss and gradient serve all of
+        them: the numbers each chain's own pass would give, one forward/backward instead of C."""
         losses = []
-        for c in range(self.w.shape[0]):
+        for c in range(1 if same else self.w.shape[0]):
             # plain autograd on a leaf that shares w[c]'s storage: torch.func.grad costs ~0.1 ms more a call
             wc = self.w[c].detach().requires_grad_()  # [D]
             loss = self.flat.loss(wc, batch)
             (g,) = torch.autograd.grad(loss, wc)
             self.grad[c].copy_(g)
             losses.append(loss.detach())
+        if same:
+            self.grad[1:].copy_(self.grad[0])
+            return losses[0].expand(self.w.shape[0]).clone()
         return torch.stack(losses)
 
 
@@ -303,6 +318,9 @@ def run_chains(
         method = auto_method(D, C, device)
         notes.append(f"method auto: {method} ({C} chains × {D} parameters on {device.type})")
 
+    offset = torch.empty_like(w)  # [C, D] w - w*, rewritten in place every step
+    scratch = torch.empty_like(w) if pair_steps else None  # [C, D] the squares of the MALA energies
+
     start = time.perf_counter()
     for t in range(T):
         batch = take(data, schedule[t])
@@ -312,9 +330,9 @@ def run_chains(
             except Exception as e:  # models that cannot be vmapped: data-dependent control flow, .item(), ...
                 notes.append(f"vmap failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); used the loop")
                 method = "loop"
-                loss = paths.loop(batch)
-        else:
-            loss = paths.loop(batch)
+                loss = paths.loop(batch, same=t == 0)
+        else:  # at step 0 every chain is at w* on the same batch: one pass serves all (C - 1 of C T passes saved)
+            loss = paths.loop(batch, same=t == 0)
         loss_trace[:, t] = loss.detach()
 
         if rms and t < adapt_steps:  # the raw minibatch gradient, before it becomes the drift below
@@ -325,9 +343,10 @@ def run_chains(
 
         # Lau et al. 2023 (arXiv 2308.12108) eq. 8: Δw = ε/2 (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε);
         # preconditioned (Li et al. 2016): Δw = ε/2 G (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε G)
-        offset = w - w0  # [C, D]
+        torch.sub(w, w0, out=offset)  # [C, D]
         mala_step = pair_index < len(pair_steps) and t - pair_steps[pair_index] in (0, 1)
-        half_sq = 0.5 * offset.square().sum(1) if mala_step else None  # |w - w*|² / 2, for the MALA energy
+        # |w - w*|² / 2, for the MALA energy
+        half_sq = 0.5 * torch.square(offset, out=scratch).sum(1) if mala_step else None
         # ∇U(w), U = nβ L_m + γ/2 |w - w*|²; fused ops with scalar hyperparameters (each pass over [C, D] counts)
         if per_chain:
             drift = grad.mul_(nbeta).addcmul_(offset, gamma)
@@ -348,8 +367,8 @@ def run_chains(
                 if rms:
                     back.mul_(sqrt_precond)
                 back.sub_(prev_noise)
-                log_q_back = -0.5 * back.square().sum(1)
-                log_q_fwd = -0.5 * prev_noise.square().sum(1)
+                log_q_back = -0.5 * torch.square(back, out=scratch).sum(1)
+                log_q_fwd = -0.5 * torch.square(prev_noise, out=scratch).sum(1)
                 log_alpha = prev_energy - energy + log_q_back - log_q_fwd
                 mala[:, pair_index] = torch.exp(torch.clamp(log_alpha, max=0.0))
                 pair_index += 1

@@ -37,7 +37,8 @@ def write_calibration(path: Path, cal, attrs: Optional[dict[str, Any]] = None) -
                             "description": "SGLD hyperparameter sweep by slt-probe calibrate",
                             "config": json.dumps(cal.config.to_dict()), "versions": json.dumps(versions()),
                             "vectorized": bool(cal.vectorized), "advice": json.dumps(cal.advice),
-                            "recommended": -1 if cal.recommended is None else int(cal.recommended)})
+                            "recommended": -1 if cal.recommended is None else int(cal.recommended),
+                            "recommended_point": json.dumps(cal.recommendation.point if cal.recommendation else None)})
             for key, value in (attrs or {}).items():
                 f.attrs[key] = encode_attr(value)
 
@@ -59,3 +60,33 @@ def write_calibration(path: Path, cal, attrs: Optional[dict[str, Any]] = None) -
             traces = np.stack([np.stack([r.loss_trace for r in row]) for row in cal.results]).astype(np.float32)
             put("loss_trace", traces.reshape(G, P, -1, draws), "minibatch loss of every kept draw "
                 "[point, checkpoint, chain, draw]", chunks=(1, 1, traces.shape[2], draws), compression="gzip")
+            _write_bias_checks(f, cal)
+
+
+def _write_bias_checks(f: h5py.File, cal) -> None:
+    """Group bias_checks: the candidates tried after the sweep, in order [candidate], with λ̂ of their three runs
+    (the candidate, lr/2, γ/10) [candidate, run, checkpoint] and each check's outcome in words."""
+    grp = f.create_group("bias_checks")
+    runs = list(cal.bias_checks[0].results) if cal.bias_checks else []
+    grp.attrs.update({"description": "bias checks of the best passing candidates, in the order they were tried; the "
+                                     "last is the recommendation when its passed is true",
+                      "runs": json.dumps(runs),
+                      "draws": int(cal.bias_checks[0].results[runs[0]][0].loss_trace.shape[-1]) if runs else 0})
+    K, P = len(cal.bias_checks), len(cal.steps)
+
+    def put(name, data, description, **kw):
+        grp.create_dataset(name, data=data, **kw).attrs["description"] = description
+
+    for key in ("lr", "localization", "nbeta"):
+        put(key, np.array([b.point[key] for b in cal.bias_checks], dtype=np.float64), f"{key} of the candidate [candidate]")
+    put("grid_index", np.array([-1 if b.grid_index is None else b.grid_index for b in cal.bias_checks], dtype=np.int64),
+        "the candidate's row in the sweep, -1 when γ was followed below the grid [candidate]")
+    for name, get, description in (("llc_mean", lambda r: r.llc_mean, "λ̂"), ("llc_se", lambda r: r.llc_se, "s.e. of λ̂")):
+        values = np.array([[[get(r) for r in b.results[run]] for run in runs] for b in cal.bias_checks],
+                          dtype=np.float64).reshape(K, len(runs), P)
+        put(name, values, f"{description} of each run [candidate, run (attribute runs), checkpoint]")
+    put("passed", np.array([b.passed for b in cal.bias_checks], dtype=bool), "diagnostics, step size and localization "
+        "all passed [candidate]")
+    names = ["diagnostics", "plateau", "step size", "localization"]
+    put("checks", np.array([[b.checks[k] for k in names] for b in cal.bias_checks], dtype=object).reshape(K, len(names)),
+        f"each check's outcome in words [candidate, check: {', '.join(names)}]", dtype=STR)

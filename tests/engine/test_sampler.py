@@ -1,5 +1,6 @@
 """The SGLD sampler (slt_probe/engine/sampler.py): the vmapped and the looped paths give the same chains, MALA
-acceptance tracks the step size, and a model that cannot be vmapped falls back to the loop and says so."""
+acceptance tracks the step size, and a model that cannot be vmapped falls back to the loop and says so; the flat
+loss is functional_call's, tied weights and all, and step 0's one pass serves every chain exactly."""
 
 import math
 from dataclasses import replace
@@ -8,10 +9,13 @@ import numpy as np
 import torch
 from tiny_problems import CFG, dln_problem, lm_tokens, tiny_lm
 from torch import nn
+from torch.func import functional_call
 
 from slt_probe import SGLDConfig, estimate_llc
+from slt_probe.engine.data import lm_cross_entropy
 from slt_probe.engine.dln import dln_problem as engine_dln_problem
 from slt_probe.engine.dln import mse
+from slt_probe.engine.sampler import FlatModel, _GradientPaths
 
 
 def test_vmap_and_loop_agree_on_the_transformer():
@@ -66,6 +70,60 @@ def test_models_that_cannot_be_vmapped_fall_back_to_the_loop_and_say_so():
     assert r.diagnostics.method == "loop"
     assert any("vmap failed" in note for note in r.diagnostics.notes)
     assert math.isfinite(r.llc_mean)
+
+
+class Tied(nn.Module):
+    """One weight under two names (an embedding tied to the unembedding, in miniature)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.b = nn.Linear(3, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_flat_loss_is_functional_calls_with_ties_and_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = Tied()
+    batch = (torch.randn(8, 3), torch.randn(8, 3))
+    flat = FlatModel(model, mse)
+    assert flat.names == ["model.a.weight", "model.a.bias", "model.b.bias"]  # the tied weight once
+    before = {n: p for n, p in model.named_parameters(remove_duplicate=False)}
+    w = (flat.w0 + 0.1 * torch.randn_like(flat.w0)).requires_grad_()
+    loss = flat.loss(w, batch)
+    (g,) = torch.autograd.grad(loss, w)
+    ref_w = w.detach().clone().requires_grad_()
+    params = {n.removeprefix("model."): t for n, t in flat.unflatten(ref_w).items()}
+    ref = mse(lambda x: functional_call(model, params, (x,)), batch)  # tie_weights: b.weight follows a.weight
+    (ref_g,) = torch.autograd.grad(ref, ref_w)
+    assert torch.equal(loss, ref) and torch.equal(g, ref_g)
+    after = {n: p for n, p in model.named_parameters(remove_duplicate=False)}
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    assert model.b.weight is model.a.weight
+
+    def broken(m, b):
+        raise RuntimeError("loss failed")
+
+    try:
+        FlatModel(model, broken).loss(w, batch)
+    except RuntimeError:
+        pass
+    assert all(p is before[n] for n, p in model.named_parameters(remove_duplicate=False))  # restored on error too
+
+
+def test_step_zero_one_pass_gives_every_chain_what_its_own_pass_would():
+    model, data = tiny_lm(), lm_tokens()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    flat = FlatModel(model, lm_cross_entropy)
+    w = flat.w0.expand(3, -1).clone()
+    grads = torch.empty_like(w), torch.empty_like(w)
+    each = _GradientPaths(flat, w, grads[0]).loop(data[:32])
+    once = _GradientPaths(flat, w, grads[1]).loop(data[:32], same=True)
+    assert torch.equal(each, once) and torch.equal(grads[0], grads[1])
 
 
 # ----------------------------------------------------------------------------------------------------------
