@@ -52,8 +52,9 @@ Model = Annotated[Optional[str], typer.Option(help="path/to/file.py:factory or p
 ModelConfig = Annotated[Optional[str], typer.Option(help="JSON/TOML file of keyword arguments for the factory")]
 DataSpec = Annotated[Optional[str], typer.Option("--data", help=".npy | .bin | .pt | .npz | file.h5:dataset | text file")]
 Context = Annotated[Optional[int], typer.Option(help="window length for 1-D token streams and text")]
-Tokenizer = Annotated[Optional[str], typer.Option(help="'byte' for text files")]
-Loss = Annotated[Optional[str], typer.Option(help="file.py:fn, loss_fn(model, batch) -> mean loss "
+Tokenizer = Annotated[Optional[str], typer.Option(help="text files: 'byte', a tokenizer.json, or a tokenizer folder")]
+Loss = Annotated[Optional[str], typer.Option(help="file.py:fn, loss_fn(model, batch) -> mean loss; or targets: the "
+                                                  "model's own, model(x, targets=y) -> (logits, loss), as nanoGPT's "
                                                   "(default: next-token cross-entropy)")]
 Quiet = Annotated[bool, typer.Option(help="no progress bar")]
 Debug = Annotated[bool, typer.Option(help="show Python tracebacks")]

@@ -70,12 +70,32 @@ def batch_schedule(n: int, batch_size: int, steps: int, seed: int, repeat_every:
 
 
 def lm_cross_entropy(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy on token ids [B, T+1]: predict batch[:, 1:] from batch[:, :-1]."""
-    out = model(batch[:, :-1])
+    """Next-token cross-entropy on token ids [B, T+1]: predict batch[:, 1:] from batch[:, :-1].
+
+    ValueError, naming what the model returned, when it is not logits [B, T, vocab] for every position.
+    """
+    x = batch[:, :-1].contiguous()  # [B, T]; contiguous: a model may .view() its input
+    out = model(x)
     logits = getattr(out, "logits", out)  # Hugging Face models return an output object
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
+    if isinstance(logits, (tuple, list)):  # nanoGPT returns (logits, loss), TransformerLens may return a tuple
+        logits = logits[0] if logits else logits
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(x.shape):
+        got = f"a tensor of shape {list(logits.shape)}" if isinstance(logits, torch.Tensor) else type(out).__name__
+        raise ValueError(f"the default next-token loss needs logits [B, T, vocab] for tokens {list(x.shape)}, the model "
+                         f"returned {got} (nanoGPT's GPT returns the last position only unless given targets); "
+                         "pass --loss targets (the model's own loss) or --loss file.py:fn")
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1))
+
+
+def lm_targets_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The model's own next-token loss, model(x, targets=y) -> (logits, loss), as nanoGPT's GPT computes it; on
+    token ids [B, T+1], x = batch[:, :-1] and y = batch[:, 1:], both contiguous (nanoGPT views targets)."""
+    out = model(batch[:, :-1].contiguous(), targets=batch[:, 1:].contiguous())
+    loss = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else getattr(out, "loss", None)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError(f"--loss targets: model(x, targets=y) returned {type(out).__name__}, not (logits, loss) "
+                         "with a scalar loss; pass --loss file.py:fn")
+    return loss.reshape(()).float()
 
 
 def check_lm_tokens(data: Data) -> None:

@@ -48,7 +48,7 @@ def sample_devinterp(model: nn.Module, data: Data, *, loss_fn: LossFn, config: S
     from devinterp.slt.llc import llc as devinterp_llc
 
     device = resolve_device(config.device)
-    work = copy.deepcopy(model).to(dtype=getattr(torch, config.dtype))
+    work = nn.Module.to(copy.deepcopy(model), dtype=getattr(torch, config.dtype))  # as in estimate.sample
     dataset = Dataset.from_dict({"input_ids": data.cpu().long().numpy()}).with_format("torch")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(record=True) as caught:

@@ -175,7 +175,8 @@ def sample(
     per_chain: {"lr" | "localization" | "nbeta": [chains] values} samples a hyperparameter grid in one run.
     """
     device = resolve_device(config.device)
-    work = copy.deepcopy(model).to(device=device, dtype=getattr(torch, config.dtype)).eval()
+    # nn.Module.to itself: a model may override .to with its own signature (TransformerLens's HookedTransformer)
+    work = nn.Module.to(copy.deepcopy(model), device=device, dtype=getattr(torch, config.dtype)).eval()
     for p in work.parameters():
         p.requires_grad_(False)  # gradients come from torch.func, never from .grad
     data = to_device(data, device)

@@ -2,7 +2,9 @@
 
 discover() lists a folder of checkpoints and gives each its training step, read from the name whenever
 the name has one, so that listing a hundred large files opens none of them; only a name without a
-number ("last.ckpt", "final.safetensors") is looked inside. select() picks the ones to estimate.
+number ("last.ckpt", "final.safetensors") is looked inside. A Hugging Face hub cache (models--ORG--NAME/, as
+snapshot_download leaves it) names its snapshots by commit hash: their steps come from the refs that name them
+(Pythia's refs/step3000), never from a hash's digits. select() picks the ones to estimate.
 
 Checkpoints are untrusted input: a torch pickle can run any code when loaded. Pickles are read only with
 torch.load(weights_only=True), which refuses every global beyond tensors and plain containers, and
@@ -19,6 +21,7 @@ import json
 import math
 import pickle
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -51,6 +54,8 @@ STEP_PATTERNS = [
     ("last integer", re.compile(r"(\d+)(?!.*\d)")),  # model_1000, 000123
 ]
 LIGHTNING_VERSION_TAG = re.compile(r"-v\d+$")
+# a commit hash (a hub snapshot's folder name, a git revision): hex with letters and digits, whose digits are no step
+COMMIT_HASH = re.compile(r"^(?=.*[a-f])(?=.*\d)[0-9a-f]{7,64}$")
 
 # keys under which training scripts keep the step: nanoGPT saves iter_num, Lightning global_step
 STEP_KEYS = ("step", "global_step", "iteration", "iter_num")
@@ -85,6 +90,8 @@ def _name_step(name: str) -> tuple[Optional[int], str]:
     if Path(name).suffix.lower() in SUFFIX_FORMATS:
         stem = name[: -len(Path(name).suffix)]
     stem = LIGHTNING_VERSION_TAG.sub("", stem)
+    if COMMIT_HASH.match(stem):
+        return None, ""
     for kind, pattern in STEP_PATTERNS:
         m = pattern.search(stem)
         if m:
@@ -99,16 +106,18 @@ def discover(ckpt_dir: Union[Path, str]) -> tuple[list[Checkpoint], list[tuple[P
         raise InputError(f"{root}: checkpoint folder does not exist")
     if not root.is_dir():
         raise InputError(f"{root}: not a folder (pass the folder that holds the checkpoints)")
+    hub = _hub_cache(root)
+    folder = root if hub is None else hub[0]
     try:
         # hidden entries (.gitkeep, .DS_Store, .ipynb_checkpoints) are nobody's checkpoints: not even listed
-        entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     except OSError as e:
-        raise InputError(f"{root}: cannot list the folder ({e.strerror or e})") from None
+        raise InputError(f"{folder}: cannot list the folder ({e.strerror or e})") from None
 
     found: list[tuple[Checkpoint, bool]] = []  # (checkpoint, whether its step was read from inside it)
     skipped: list[tuple[Path, str]] = []
     for entry in entries:
-        result = _inspect(entry)
+        result = _inspect(entry) if hub is None else _inspect_snapshot(entry, hub[1].get(entry.name, []))
         if isinstance(result, str):
             skipped.append((entry, result))
         else:
@@ -148,6 +157,39 @@ def _inspect(entry: Path) -> Union[tuple[Checkpoint, bool], str]:
     if step is None:
         return "no step in the name or the file" + (f" ({trouble})" if trouble else "")
     return Checkpoint(step, entry, fmt, files), True
+
+
+def _hub_cache(root: Path) -> Optional[tuple[Path, dict[str, list[str]]]]:
+    """(its snapshots/ folder, {commit hash: names of the refs that point at it}) when root is a hub cache's model
+    folder (models--ORG--NAME/, holding refs/ and snapshots/) or its snapshots/ folder; None otherwise."""
+    repo = root if (root / "snapshots").is_dir() else root.parent if root.name == "snapshots" else None
+    if repo is None or not (repo / "refs").is_dir():
+        return None
+    names: dict[str, list[str]] = {}
+    try:
+        for ref in sorted((repo / "refs").rglob("*")):
+            if ref.is_file():  # refs/step3000, refs/main, refs/pr/1: a file holding the commit hash
+                names.setdefault(ref.read_text().strip(), []).append(ref.relative_to(repo / "refs").as_posix())
+    except OSError as e:
+        raise InputError(f"{repo / 'refs'}: cannot read the hub cache's refs ({e.strerror or e})") from None
+    return repo / "snapshots", names
+
+
+def _inspect_snapshot(entry: Path, refs: list[str]) -> Union[tuple[Checkpoint, bool], str]:
+    """A hub snapshot folder, its step from the refs naming it (the first whose name gives a step: step3000, not
+    main); without one, what the folder itself says (trainer_state.json), or why it is skipped."""
+    steps = [step for step in (step_from_name(r.rsplit("/", 1)[-1]) for r in refs) if step is not None]
+    if len(set(steps)) > 1:
+        return f"refs {', '.join(refs)} give it different steps"
+    files = _hf_weight_files(entry) if entry.is_dir() else None
+    if steps and files is not None:
+        return Checkpoint(steps[0], entry, "hf", files), False
+    result = _inspect(entry)
+    if isinstance(result, str) and not result.startswith("folder without"):
+        if refs:
+            return f"its refs ({', '.join(refs)}) give no step, nor does the folder (trainer_state.json)"
+        return "no ref names it (refs/<revision> holds a revision's commit hash), and the folder holds no step"
+    return result
 
 
 def _hf_weight_files(folder: Path) -> Optional[tuple[Path, ...]]:
@@ -389,6 +431,19 @@ def _load_weights_file(path: Path, device: torch.device, safetensors: bool) -> d
     return _find_weights(_torch_load(path, device), path)
 
 
+def stored_model_args(ckpt: Checkpoint) -> Optional[dict]:
+    """The model's constructor arguments a torch checkpoint carries beside its weights (nanoGPT's "model_args"),
+    or None. Read with the same safe loader as the weights; an unreadable file is the walk's to report."""
+    if ckpt.format not in ("torch", "lightning"):
+        return None
+    try:
+        obj = _torch_load(ckpt.path, torch.device("cpu"))
+    except CheckpointError:
+        return None
+    args = obj.get("model_args") if isinstance(obj, dict) else None
+    return dict(args) if isinstance(args, dict) else None
+
+
 def _torch_load(path: Path, device: torch.device) -> Any:
     """torch.load that can only build tensors and plain containers, with one-line errors."""
     try:
@@ -499,7 +554,7 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) 
     own = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     params = dict(model.named_parameters(remove_duplicate=False))
     buffers = dict(model.named_buffers(remove_duplicate=False))
-    state = _align_prefix(state, own)
+    state = _library_names(model, _align_prefix(state, own), own)
 
     # an old checkpoint may carry what the model now keeps as a non-persistent buffer (a causal mask)
     unexpected = [k for k in state if k not in own and k not in buffers]
@@ -537,6 +592,29 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) 
     with torch.no_grad():
         for _, src, dst in pairs:
             dst.copy_(src)  # casts to the model's dtype and device (bf16 checkpoint -> float32 model)
+
+
+def _library_names(model: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers model's checkpoint under the names the model has now. transformers 5 renames keys on load
+    and back on save (its conversion mapping: GPT-NeoX saves lm_head as embed_out); the renaming is the library's
+    own, asked of it, never a copy. A key the library would split or merge (a WeightConverter: fused experts) stays
+    as it is, so that the key check below names it. Other models, and names that already match, pass unchanged."""
+    transformers = sys.modules.get("transformers")  # a transformers model means transformers is imported
+    if all(k in own for k in state) or transformers is None or not isinstance(model, transformers.PreTrainedModel):
+        return state
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # transformers 4 renames nothing on load
+        return state
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    renamed = {}
+    for key, value in state.items():
+        new, converter = rename_source_key(key, renamings, converters, model.base_model_prefix, own)
+        renamed[key if converter is not None else new] = value
+    return renamed if len(renamed) == len(state) else state  # two keys onto one name: leave it to the key check
 
 
 def _align_prefix(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import re
 import sys
@@ -24,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from slt_probe.engine.data import Data, LossFn, as_tuple, check_lm_tokens
+from slt_probe.engine.data import Data, LossFn, as_tuple, check_lm_tokens, lm_cross_entropy, lm_targets_loss
 from slt_probe.engine.sampler import SGLDConfig
 from slt_probe.errors import InputError
-from slt_probe.inputs.checkpoints import Checkpoint, hf_config_path
+from slt_probe.inputs.checkpoints import Checkpoint, hf_config_path, stored_model_args
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -110,8 +111,14 @@ def load_callable(spec: str, *, what: str) -> Callable:
     return obj
 
 
+BUILTIN_LOSSES = {"targets": lm_targets_loss}  # --loss targets: the model's own loss from model(x, targets=y)
+
+
 def load_loss(spec: str | None) -> Callable | None:
-    """--loss file.py:fn, called as fn(model, batch) -> scalar; None keeps the default next-token loss."""
+    """--loss file.py:fn, called as fn(model, batch) -> scalar, or a built-in name (BUILTIN_LOSSES); None keeps the
+    default next-token loss."""
+    if spec in BUILTIN_LOSSES:
+        return BUILTIN_LOSSES[spec]
     return None if spec is None else load_callable(spec, what="loss")
 
 
@@ -155,12 +162,20 @@ def _describe(model: nn.Module, spec: str, kwargs: dict) -> dict:
             "num_params": sum(p.numel() for p in model.parameters())}
 
 
-def build_model(spec: str, config_path: Path | str | None = None) -> tuple[nn.Module, dict]:
-    """--model file.py:factory [--model-config cfg]: factory(**kwargs) -> (model, description)."""
+def build_model(spec: str, config_path: Path | str | None = None, *,
+                stored: Optional[tuple[dict, str]] = None) -> tuple[nn.Module, dict]:
+    """--model file.py:factory [--model-config cfg]: factory(**kwargs) -> (model, description).
+
+    stored: (kwargs, the checkpoint they came from) when --model-config is not given and the checkpoint carries its
+    model's arguments (nanoGPT's model_args). A class that takes one config object, as nanoGPT's GPT(GPTConfig) does,
+    is given its module's <Name>Config(**kwargs).
+    """
     factory = load_callable(spec, what="model")
     kwargs = read_kwargs(config_path)
+    if config_path is None and stored is not None:
+        kwargs, config_path = stored
     try:
-        model = factory(**kwargs)
+        model = _construct(factory, kwargs)
     except TypeError as e:
         if config_path is None:
             raise InputError(f"--model {spec}: the factory raised {_why(e)}") from None
@@ -172,6 +187,17 @@ def build_model(spec: str, config_path: Path | str | None = None) -> tuple[nn.Mo
     if not isinstance(model, nn.Module):
         raise InputError(f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     return model, _describe(model, spec, kwargs)
+
+
+def _construct(factory: Callable, kwargs: dict) -> Any:
+    """factory(**kwargs), or factory(<Name>Config(**kwargs)) for a class whose one argument is a config object."""
+    if isinstance(factory, type):
+        params = [p for p in inspect.signature(factory.__init__).parameters.values() if p.name != "self"]
+        config_cls = getattr(sys.modules.get(factory.__module__), f"{factory.__name__}Config", None)
+        if len(params) == 1 and "config" in params[0].name and isinstance(config_cls, type) and \
+                not any(k == params[0].name for k in kwargs):
+            return factory(config_cls(**kwargs))
+    return factory(**kwargs)
 
 
 def build_hf_model(config_json: Path | str) -> tuple[nn.Module, dict]:
@@ -402,6 +428,63 @@ def _read_tokens_file(path: Path, fmt: str, context: int | None, where: str) -> 
     return _windows(np.frombuffer(path.read_bytes(), dtype=np.uint8), context, where)
 
 
+DATASETS_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")  # what save_to_disk writes
+
+
+def _read_datasets_folder(path: Path, context: int | None, where: str) -> torch.Tensor:
+    """A datasets folder's input_ids: equal rows as [N, L] (as .npy), ragged rows as one stream cut with --context."""
+    try:
+        import datasets
+    except ImportError:
+        raise InputError(f"{where}: reading a datasets folder needs the datasets package; pip install datasets") from None
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise InputError(f"{where}: a DatasetDict without a train split (has {', '.join(ds)}); pass that split's "
+                             f"folder, e.g. {path / next(iter(ds))}")
+        ds = ds["train"]
+    if "input_ids" not in ds.column_names:
+        raise InputError(f"{where}: no input_ids column (has {', '.join(ds.column_names)}); tokenize it first")
+    rows = ds.with_format("numpy")[:]["input_ids"]  # [N, L] when the rows have one length, else arrays of each
+    if isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.dtype != object:
+        return _token_ids(rows, context, where)
+    return _windows(np.concatenate([np.asarray(r).reshape(-1) for r in rows]), context, where)
+
+
+def _tokenize(path: Path, tokenizer: str) -> np.ndarray:
+    """A text file's token ids [n] by a local tokenizer: a tokenizers JSON file or a Hugging Face tokenizer folder
+    (never downloaded, never custom code)."""
+    where = Path(tokenizer)
+    if not where.exists():
+        raise InputError(f"--tokenizer {tokenizer}: no such file or folder (byte, a tokenizer.json, or a tokenizer "
+                         f"folder; nothing is downloaded)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"--data {path}: not UTF-8 text ({_why(e)})") from None
+    try:
+        if where.is_file():
+            from tokenizers import Tokenizer
+            ids = Tokenizer.from_file(str(where)).encode(text).ids
+        else:
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True, trust_remote_code=False)
+            ids = tok(text)["input_ids"]
+    except ImportError as e:
+        raise InputError(f"--tokenizer {tokenizer}: needs {e.name}; pip install {e.name}") from None
+    except Exception as e:  # noqa: BLE001 - a broken tokenizer file or folder, in one line
+        raise InputError(f"--tokenizer {tokenizer}: cannot be loaded ({_why(e)})") from None
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _sha256_folder(path: Path) -> str:
+    """One hash over a folder's files, by relative name and content, in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + _sha256(f).encode())
+    return h.hexdigest()
+
+
 def _dtype_name(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
@@ -413,7 +496,10 @@ def load_data(spec: str, *, context: int | None = None, tokenizer: str | None = 
     .bin                nanoGPT's raw uint16 token stream, cut into windows with --context
     .pt                 a tensor (as .npy), or a tuple / list / dict of tensors for --loss
     .npz                a tuple of arrays, in the file's order, for --loss
-    anything else       text, with --tokenizer byte: its bytes are the ids, cut into windows with --context
+    a datasets folder   datasets' save_to_disk, column input_ids: rows of one length as [N, T+1], ragged rows
+                        joined into one stream and cut with --context (a DatasetDict: its "train" split)
+    anything else       text, with --tokenizer: byte (its UTF-8 bytes are the ids), a tokenizer.json, or a
+                        Hugging Face tokenizer folder; the ids are cut into windows with --context
     A stream is cut into non-overlapping windows of context+1 tokens (stride context+1); the ragged tail is dropped.
     """
     if context is not None and (not isinstance(context, int) or context < 1):
@@ -430,14 +516,14 @@ def load_data(spec: str, *, context: int | None = None, tokenizer: str | None = 
 
     if not path.exists():
         raise InputError(f"--data {spec}: no such file")
-    if not path.is_file():
-        raise InputError(f"--data {spec}: not a file")
+    if path.is_dir() and any((path / marker).is_file() for marker in DATASETS_MARKERS):
+        fmt = "datasets"
+    elif not path.is_file():
+        raise InputError(f"--data {spec}: not a file (nor a datasets folder written by save_to_disk)")
     if fmt == "text":
         if tokenizer is None:
-            raise InputError(f"--data {spec}: not a known data format (.npy .bin .pt .npz .h5); "
-                             f"to read it as text, pass --tokenizer byte")
-        if tokenizer != "byte":
-            raise InputError(f"--tokenizer {tokenizer!r}: only 'byte' (UTF-8 bytes as token ids 0..255) is supported")
+            raise InputError(f"--data {spec}: not a known data format (.npy .bin .pt .npz .h5, a datasets folder); "
+                             f"to read it as text, pass --tokenizer byte | tokenizer.json | a tokenizer folder")
     elif tokenizer is not None:
         raise InputError(f"--tokenizer applies to text files only; {spec} is read as {fmt}")
 
@@ -449,6 +535,10 @@ def load_data(spec: str, *, context: int | None = None, tokenizer: str | None = 
             data, names = _read_npz(path, spec)
         elif fmt == "h5":
             data, dataset = _read_h5(path, dataset or None, context, spec)
+        elif fmt == "datasets":
+            data = _read_datasets_folder(path, context, spec)
+        elif fmt == "text" and tokenizer != "byte":
+            data = _windows(_tokenize(path, tokenizer), context, spec)
         else:
             data = _read_tokens_file(path, fmt, context, spec)
         if isinstance(data, torch.Tensor) and fmt == "pt":  # a lone tensor is token ids, as in .npy
@@ -467,7 +557,7 @@ def load_data(spec: str, *, context: int | None = None, tokenizer: str | None = 
     desc = {
         "path": str(path),
         "format": fmt,
-        "sha256": _sha256(path),
+        "sha256": _sha256_folder(path) if fmt == "datasets" else _sha256(path),
         "shape": list(data.shape) if tokens else [list(t.shape) for t in data],
         "dtype": _dtype_name(data) if tokens else [_dtype_name(t) for t in data],
         "context": data.shape[1] - 1 if tokens else None,  # T, what the model sees
@@ -553,7 +643,9 @@ def load_inputs(spec: RunSpec, first: Checkpoint, engine: str = "slt") -> RunInp
     """Model, data and loss from the specs, checked against each other; `first` is the first checkpoint (a Hugging
     Face folder supplies the model's config when --model is not given). InputError, one line, when anything is bad."""
     if spec.model is not None:
-        net, model_desc = build_model(spec.model, spec.model_config)
+        args = stored_model_args(first) if spec.model_config is None else None
+        net, model_desc = build_model(spec.model, spec.model_config,
+                                      stored=None if args is None else (args, f"{first.path} (model_args)"))
     else:
         hf = hf_config_path(first)
         if hf is None:
@@ -563,13 +655,26 @@ def load_inputs(spec: RunSpec, first: Checkpoint, engine: str = "slt") -> RunInp
         raise InputError("--data is required: the samples λ̂ is measured on")
     dataset, data_desc = load_data(spec.data, context=spec.context, tokenizer=spec.tokenizer)
     loss_fn = load_loss(spec.loss)
-    if loss_fn is None:
+    if loss_fn is None or loss_fn is lm_targets_loss:
         try:
             check_lm_tokens(dataset)
         except ValueError as e:
             raise InputError(f"{spec.data}: {e}") from None
         check_tokens_fit(dataset, net, data_path=spec.data)
+        if loss_fn is None:
+            check_default_loss(net, dataset, model_path=spec.model or str(first.path))
     return RunInputs(net, model_desc, dataset, data_desc, loss_fn)
+
+
+def check_default_loss(model: nn.Module, data: torch.Tensor, *, model_path: str) -> None:
+    """The default next-token loss on two rows, before any checkpoint: a model whose output it cannot score (a
+    nanoGPT GPT returns the last position's logits only) is one InputError, not a failed row per checkpoint."""
+    with torch.no_grad():
+        try:
+            lm_cross_entropy(model.eval(), data[:2])
+        except Exception as e:  # noqa: BLE001 - anything else (the initial weights, a device) is for the rows to say
+            if isinstance(e, ValueError) and "the default next-token loss" in str(e):
+                raise InputError(f"{model_path}: {e}") from None
 
 
 def sgld_config(config_file: Optional[str], options: dict[str, Any]) -> SGLDConfig:

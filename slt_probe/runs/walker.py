@@ -240,7 +240,7 @@ class _Walk:
                 self.estimate_refined(ckpt.step)
             except CheckpointError as e:
                 error = str(e)
-            except (ValueError, RuntimeError, TypeError, IndexError) as e:  # the forward pass failed on these weights
+            except (ValueError, RuntimeError, TypeError, IndexError, AssertionError) as e:  # the forward pass failed
                 error = f"{ckpt.path}: {type(e).__name__}: {first_line(e)}"
         if error is not None:
             store.fail_row(row, error)

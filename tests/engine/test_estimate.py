@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_problems import CFG, dln_problem, lm_tokens, tiny_lm
+from torch import nn
 
 from slt_probe import SGLDConfig, estimate_llc
 from slt_probe.engine.data import batch_schedule
@@ -111,3 +112,27 @@ def test_init_loss_is_the_mean_over_the_draws_samples_counted_with_multiplicity(
     with torch.no_grad():
         direct = torch.stack([mse(model, (data[0][b], data[1][b])) for b in batches]).mean()
     assert evaluate_loss(model, mse, data, batches, chunk=50) == pytest.approx(float(direct), rel=1e-6)
+
+
+class OwnTo(nn.Module):
+    """A model whose .to has its own signature, as TransformerLens's HookedTransformer.to(device_or_dtype)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(3, 1)
+
+    def to(self, device_or_dtype, print_details=True):  # no device= / dtype= keywords
+        return super().to(device_or_dtype)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_model_with_its_own_to_signature_is_moved_all_the_same():
+    torch.manual_seed(0)
+    x = torch.randn(256, 3)
+    data = (x, x @ torch.tensor([[1.0], [-2.0], [0.5]]))
+
+    r = estimate_llc(OwnTo(), data, loss_fn=mse, config=SGLDConfig(lr=1e-4, localization=10.0, nbeta=50.0, chains=2,
+                                                                   draws=50, burnin=10, batch_size=32))
+    assert math.isfinite(r.llc_mean)

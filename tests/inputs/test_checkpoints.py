@@ -448,6 +448,61 @@ def test_discovery_reads_no_file_with_a_step_in_its_name(tmp_path):
         load_state_dict(ckpt)
 
 
+def hub_cache(root: pathlib.Path, revisions: dict[str, str]) -> pathlib.Path:
+    """A model folder as huggingface_hub's snapshot_download leaves it: blobs/ holding the files by content hash,
+    snapshots/<commit>/ of links into blobs/, refs/<revision> holding the commit hash. revisions: {ref: commit}."""
+    repo = root / "models--EleutherAI--pythia-tiny"
+    (repo / "blobs").mkdir(parents=True)
+    for i, (ref, commit) in enumerate(revisions.items()):
+        (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+        snap = repo / "snapshots" / commit
+        if snap.exists():
+            continue
+        snap.mkdir(parents=True)
+        blob = repo / "blobs" / f"blob{i}"
+        save_file({k: v + i for k, v in reference_state().items()}, blob)
+        (snap / "model.safetensors").symlink_to(os.path.relpath(blob, snap))
+        (snap / "config.json").write_text("{}")
+    return repo
+
+
+# Pythia's revisions are named stepN; their commit hashes end in digits that are no step (7, 45, 99 here, in the
+# reverse order of the steps)
+PYTHIA = {"step1000": "a9c1e" * 7 + "0ff99", "step2000": "b3d2f" * 7 + "1ee45", "step3000": "c4e3a" * 7 + "2dd07",
+          "main": "c4e3a" * 7 + "2dd07"}
+
+
+@pytest.mark.parametrize("where", ["the model folder", "its snapshots folder"])
+def test_a_hub_cache_takes_each_snapshots_step_from_its_ref(tmp_path, where):
+    repo = hub_cache(tmp_path, PYTHIA)
+    ckpts, skipped = discover(repo if where == "the model folder" else repo / "snapshots")
+    assert [(c.step, c.path.name) for c in ckpts] == [(1000, PYTHIA["step1000"]), (2000, PYTHIA["step2000"]),
+                                                      (3000, PYTHIA["step3000"])]
+    assert skipped == [] and all(c.format == "hf" for c in ckpts)
+    model = tiny()
+    load_into(model, load_state_dict(ckpts[1]), source=str(ckpts[1].path))  # through the blob link
+    assert_loaded(model, {k: v + 1 for k, v in reference_state().items()})
+
+
+def test_a_snapshot_no_ref_names_with_a_step_is_skipped_with_why(tmp_path):
+    repo = hub_cache(tmp_path, {"step1000": PYTHIA["step1000"], "main": PYTHIA["step2000"]})
+    (repo / "snapshots" / PYTHIA["step3000"]).mkdir()  # a snapshot no ref names, without weights
+    ckpts, skipped = discover(repo)
+    assert [c.step for c in ckpts] == [1000]
+    why = dict((p.name, reason) for p, reason in skipped)
+    assert why[PYTHIA["step2000"]] == "its refs (main) give no step, nor does the folder (trainer_state.json)"
+    assert why[PYTHIA["step3000"]].startswith("folder without model weights")
+
+
+def test_a_commit_hash_outside_a_cache_gives_no_step(tmp_path):
+    assert step_from_name(PYTHIA["step1000"]) is None and step_from_name("a1b2c3d") is None
+    assert step_from_name("model_1000") == 1000 and step_from_name("1000") == 1000 and step_from_name("ffff12") == 12
+    save_file(reference_state(), tmp_path / f"{PYTHIA['step1000']}.safetensors")
+    with pytest.raises(InputError, match="no step in the name or the file"):
+        discover(tmp_path)
+
+
 # ---------------------------------------------------------------- select
 
 

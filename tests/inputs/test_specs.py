@@ -392,8 +392,58 @@ def test_text_without_tokenizer(tmp_path):
     with pytest.raises(InputError, match="--tokenizer byte") as e:
         load_data(str(tmp_path / "corpus.txt"), context=2)
     assert "corpus.txt" in one_line(e)
-    with pytest.raises(InputError, match="only 'byte'"):
-        load_data(str(tmp_path / "corpus.txt"), context=2, tokenizer="gpt2")
+    with pytest.raises(InputError, match="no such file or folder .*nothing is downloaded"):
+        load_data(str(tmp_path / "corpus.txt"), context=2, tokenizer="gpt2")  # a hub name: never fetched
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over a few words, built here: nothing is downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "the": 1, "cat": 2, "sat": 3, "on": 4, "mat": 5}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
+
+
+@pytest.mark.parametrize("form", ["tokenizer.json", "a tokenizer folder"])
+def test_text_with_a_local_tokenizer(tmp_path, form):
+    tok = tiny_tokenizer()
+    if form == "tokenizer.json":
+        where = tmp_path / "tokenizer.json"
+        tok.save(str(where))
+    else:
+        import transformers
+        where = tmp_path / "tok"
+        transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(where)
+    write(tmp_path / "corpus.txt", "the cat sat on the mat " * 4 + "the dog")
+    data, desc = load_data(str(tmp_path / "corpus.txt"), context=3, tokenizer=str(where))
+    ids = [1, 2, 3, 4, 1, 5] * 4 + [1, 0]  # "dog" is unknown
+    assert data.tolist() == [ids[i:i + 4] for i in range(0, 24, 4)] and desc["tokenizer"] == str(where)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(InputError, match="cannot be loaded") as e:
+        load_data(str(tmp_path / "corpus.txt"), context=3, tokenizer=str(tmp_path / "broken.json"))
+    assert "broken.json" in one_line(e)
+
+
+def test_a_datasets_folder(tmp_path):
+    import datasets
+    rows = np.random.default_rng(0).integers(0, 50, (6, 9))
+    datasets.Dataset.from_dict({"input_ids": rows.tolist()}).save_to_disk(tmp_path / "equal")
+    data, desc = load_data(str(tmp_path / "equal"))
+    assert data.tolist() == rows.tolist() and desc["format"] == "datasets" and len(desc["sha256"]) == 64
+    assert load_data(str(tmp_path / "equal"), context=4)[0].tolist() == rows[:, :5].tolist()
+    ragged = [list(range(5)), list(range(5, 12)), list(range(12, 15))]  # joined: 0..14, windows of 4
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"input_ids": ragged, "text": ["a", "b", "c"]}),
+                          "test": datasets.Dataset.from_dict({"input_ids": [[1]], "text": ["d"]})}
+                         ).save_to_disk(tmp_path / "dict")
+    data, _ = load_data(str(tmp_path / "dict"), context=3)
+    assert data.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    with pytest.raises(InputError, match="needs --context") as e:
+        load_data(str(tmp_path / "dict"))
+    one_line(e)
+    datasets.Dataset.from_dict({"text": ["a b"]}).save_to_disk(tmp_path / "raw")
+    with pytest.raises(InputError, match="no input_ids column \\(has text\\); tokenize it first") as e:
+        load_data(str(tmp_path / "raw"))
+    assert "raw" in one_line(e)
 
 
 def test_missing_data_file(tmp_path):

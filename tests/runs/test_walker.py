@@ -26,6 +26,7 @@ from walkrun import MODEL_KW, SGLD, STEPS, invoke, make_run, one_line_error, tra
 
 import slt_probe
 from slt_probe import store
+from slt_probe.inputs.specs import load_callable
 
 
 @pytest.fixture()
@@ -220,6 +221,131 @@ def test_a_hugging_face_run_needs_no_model_spec(tmp_path):
     assert code == 0, out
     res = slt_probe.load_results(tmp_path / "hf.h5")
     assert list(res.table.step) == [100, 200] and set(res.table.format) == {"hf"} and set(res.table.status) == {"ok"}
+    assert res.attrs["model"]["model_type"] == "gpt2"
+
+
+HF_CONFIGS = {  # tiny configurations of the families users bring; save_pretrained writes each as transformers 5 does
+    "gpt_neox": dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=32,
+                     max_position_embeddings=16, tie_word_embeddings=False),  # Pythia: saved as embed_out, loaded as lm_head
+    "llama": dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,  # grouped-query
+                  intermediate_size=32, vocab_size=32, max_position_embeddings=16),
+}
+
+
+@pytest.mark.parametrize("model_type", list(HF_CONFIGS))
+def test_gpt_neox_and_llama_runs_walk_through_the_librarys_own_key_names(tmp_path, model_type):
+    import transformers
+    config = transformers.AutoConfig.for_model(model_type, **HF_CONFIGS[model_type])
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    for step in (100, 200):
+        model.save_pretrained(tmp_path / "run" / f"step{step}")
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(1.5)
+    np.save(tmp_path / "tokens.npy", np.random.default_rng(0).integers(0, 32, (128, 9)))
+    code, out = invoke("walk", tmp_path / "run", "--out", tmp_path / "hf.h5", "--data", tmp_path / "tokens.npy",
+                       *SGLD, "--quiet")
+    assert code == 0, out
+    res = slt_probe.load_results(tmp_path / "hf.h5")
+    assert list(res.table.step) == [100, 200] and set(res.table.status) == {"ok"}, res.table.message
+    assert res.attrs["model"]["model_type"] == model_type
+
+
+NANOGPT = '''"""nanoGPT's model.py in miniature: GPT(GPTConfig), (logits, loss) from forward, the last position only
+without targets, targets viewed with .view(-1)."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 16
+    vocab_size: int = 32
+    n_embd: int = 16
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight
+
+    def forward(self, idx, targets=None):
+        b, t = idx.size()
+        assert t <= self.config.block_size, f"Cannot forward sequence of length {t}"
+        x = torch.tanh(self.wte(idx) + self.wpe(torch.arange(t)))
+        if targets is not None:
+            logits = self.lm_head(x)
+            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return self.lm_head(x[:, [-1], :]), None
+'''
+
+
+def test_a_nanogpt_run_builds_its_model_from_model_args_and_a_last_position_model_is_one_error(tmp_path):
+    (tmp_path / "model.py").write_text(NANOGPT)
+    GPT, GPTConfig = (load_callable(f"{tmp_path / 'model.py'}:{name}", what="model") for name in ("GPT", "GPTConfig"))
+    args = dict(block_size=8, vocab_size=32, n_embd=12)  # not GPTConfig's defaults: they must come from the file
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**args))
+    (tmp_path / "out").mkdir()
+    for name, iter_num in (("ckpt_1000.pt", 1000), ("ckpt.pt", 2000)):  # ckpt.pt: the step from iter_num
+        state = {f"_orig_mod.{k}": v.clone() for k, v in model.state_dict().items()}  # torch.compile's prefix
+        torch.save({"model": state, "model_args": args, "iter_num": iter_num, "best_val_loss": torch.tensor(2.0),
+                    "config": {"batch_size": 12, "dataset": "shakespeare_char"}}, tmp_path / "out" / name)
+        with torch.no_grad():
+            model.lm_head.weight.mul_(1.5)
+    np.save(tmp_path / "tokens.npy", np.random.default_rng(0).integers(0, 32, (128, 9)))
+    common = ("walk", tmp_path / "out", "--model", f"{tmp_path / 'model.py'}:GPT", "--data", tmp_path / "tokens.npy",
+              *SGLD, "--quiet")
+    code, out = invoke(*common, "--out", tmp_path / "default.h5")
+    assert code != 0 and one_line_error(out) == (
+        f"error: {tmp_path / 'model.py'}:GPT: the default next-token loss needs logits [B, T, vocab] for tokens [2, 8], "
+        "the model returned a tensor of shape [2, 1, 32] (nanoGPT's GPT returns the last position only unless given "
+        "targets); pass --loss targets (the model's own loss) or --loss file.py:fn"), out
+    assert not (tmp_path / "default.h5").exists()
+    code, out = invoke(*common, "--loss", "targets", "--out", tmp_path / "own.h5")  # model(x, targets=y)[1]
+    assert code == 0, out
+    res = slt_probe.load_results(tmp_path / "own.h5")
+    assert list(res.table.step) == [1000, 2000] and set(res.table.status) == {"ok"}, res.table.message
+    assert res.attrs["model"]["kwargs"] == args
+
+
+def test_a_hub_cache_walks_in_the_order_of_its_refs(tmp_path):
+    # snapshot_download's layout: snapshots/<commit>/ with links into blobs/, refs/<revision> naming the commit.
+    # The commits end in 99, 45, 07 for steps 1000, 2000, 3000: the steps must come from the refs.
+    import transformers
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    repo = tmp_path / "hub" / "models--org--tiny-gpt2"
+    commits = {1000: "a9c1e" * 7 + "0ff99", 2000: "b3d2f" * 7 + "1ee45", 3000: "c4e3a" * 7 + "2dd07"}
+    for step, commit in commits.items():
+        saved = tmp_path / "saved" / str(step)
+        model.save_pretrained(saved)
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "blobs").mkdir(exist_ok=True)
+        for f in saved.iterdir():  # blobs are named by content hash; any unique name will do here
+            blob = repo / "blobs" / f"{step}-{f.name}"
+            f.rename(blob)
+            (repo / "snapshots" / commit / f.name).symlink_to(os.path.relpath(blob, repo / "snapshots" / commit))
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / f"step{step}").write_text(commit)
+        with torch.no_grad():
+            model.transformer.wte.weight.mul_(1.5)
+    (repo / "refs" / "main").write_text(commits[3000])
+    np.save(tmp_path / "tokens.npy", np.random.default_rng(0).integers(0, 32, (128, 9)))
+    code, out = invoke("walk", repo, "--out", tmp_path / "hub.h5", "--data", tmp_path / "tokens.npy", *SGLD, "--quiet")
+    assert code == 0, out
+    res = slt_probe.load_results(tmp_path / "hub.h5")
+    assert list(res.table.step) == [1000, 2000, 3000] and set(res.table.status) == {"ok"}
+    assert [Path(p).name for p in res.table.path] == list(commits.values())
     assert res.attrs["model"]["model_type"] == "gpt2"
 
 
