@@ -284,7 +284,7 @@ def walk(
     config: Annotated[Optional[str], typer.Option(help="TOML/JSON file of SGLD settings; command-line options win")] = None,
     lr: Annotated[Optional[float], typer.Option(help="ε, SGLD step size [1e-4]")] = None,
     localization: Annotated[Optional[float], typer.Option(help="γ, pull back to the checkpoint [100]")] = None,
-    nbeta: Annotated[Optional[float], typer.Option(help="nβ, inverse temperature × n [n / log n]")] = None,
+    nbeta: Annotated[Optional[float], typer.Option(help="nβ, inverse temperature × n (default: n / log n)")] = None,
     chains: Annotated[Optional[int], typer.Option(help="number of chains [4]")] = None,
     draws: Annotated[Optional[int], typer.Option(help="kept draws per chain [200]")] = None,
     burnin: Annotated[Optional[int], typer.Option(help="burn-in steps discarded per chain [50]")] = None,
@@ -531,10 +531,10 @@ def calibrate(
     at: Annotated[str, typer.Option(help="which checkpoints: first (past 1% of the run), middle, last")] = \
         "first,middle,last",
     steps: Annotated[Optional[str], typer.Option(help="calibrate at these steps instead, e.g. 100,1000")] = None,
-    lr_grid: Annotated[Optional[str], typer.Option("--lr", help="step sizes ε to try [sgld: 1e-5,3e-5,1e-4,3e-4,1e-3; "
-                                                   "rmsprop: ten times smaller]")] = None,
+    lr_grid: Annotated[Optional[str], typer.Option("--lr", help="step sizes ε to try (default: sgld 1e-5,3e-5,1e-4,3e-4,1e-3; "
+                                                   "rmsprop ten times smaller)")] = None,
     localization_grid: Annotated[str, typer.Option("--localization", help="localizations γ to try")] = "30,100,300",
-    nbeta_grid: Annotated[Optional[str], typer.Option("--nbeta", help="nβ values to try [n / log n]")] = None,
+    nbeta_grid: Annotated[Optional[str], typer.Option("--nbeta", help="nβ values to try (default: n / log n)")] = None,
     chains: Annotated[int, typer.Option(help="chains per grid point")] = 4,
     draws: Annotated[int, typer.Option(help="kept draws per chain")] = 200,
     burnin: Annotated[int, typer.Option(help="burn-in steps")] = 50,

@@ -146,7 +146,7 @@ class FlatModel:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn):
         self.model, self.loss_fn = model, loss_fn
-        named = [(f"model.{n}", p) for n, p in model.named_parameters()]
+        named = list(model.named_parameters())
         if not named:
             raise ValueError("the model has no parameters")
         self.names = [n for n, _ in named]
@@ -165,7 +165,7 @@ class FlatModel:
         """[D] 1.0 on the parameters select_params(pattern) keeps, else 0.0; None when every parameter is sampled."""
         if pattern is None:
             return None
-        keep = select_params([n.removeprefix("model.") for n in self.names], pattern)
+        keep = select_params(self.names, pattern)
         return torch.cat([torch.full((n,), float(k), dtype=self.w0.dtype, device=self.w0.device)
                           for n, k in zip(self.numels, keep)])
 

@@ -195,7 +195,7 @@ def _construct(factory: Callable, kwargs: dict) -> Any:
         params = [p for p in inspect.signature(factory.__init__).parameters.values() if p.name != "self"]
         config_cls = getattr(sys.modules.get(factory.__module__), f"{factory.__name__}Config", None)
         if len(params) == 1 and "config" in params[0].name and isinstance(config_cls, type) and \
-                not any(k == params[0].name for k in kwargs):
+                params[0].name not in kwargs:
             return factory(config_cls(**kwargs))
     return factory(**kwargs)
 

@@ -121,7 +121,7 @@ class Calibration:
     def table(self) -> list[dict]:
         """One row per grid point: its settings, λ̂ ± s.e. at each probed checkpoint, ESS per second, and the outcome
         (what `slt-probe calibrate` prints; pandas.DataFrame(cal.table()) in a notebook)."""
-        tried = {b.grid_index: b for b in self.bias_checks if b.grid_index is not None and b.point == self.points[b.grid_index]}
+        tried = {b.grid_index: b for b in self.bias_checks if b.grid_index is not None}  # checked at the grid point
         rows = []
         for g, p in enumerate(self.points):
             failed = sorted({k for r in self.results[g] for k in failed_checks(r)})
@@ -261,8 +261,7 @@ def _verify(cal: Calibration, run: Callable[[list[dict[str, float]], SGLDConfig]
                 return
             # the localization pulls λ̂ and a weaker one still samples: go down a step and check again. A wider
             # posterior may need a smaller step: when the γ/10 run fails the MALA check alone, halve lr as well.
-            weaker = {k for r in results[2] for k in failed_checks(r)} | \
-                {"verdict" for r in results[2] if r.verdict != "ok" and not failed_checks(r)}
+            weaker = {k for r in results[2] for k in failed_checks(r)}  # every verdict short of ok names its checks
             if check.checks["step size"].startswith("passed") and weaker <= {"mala"}:
                 p["localization"] /= GAMMA_CHECK_FACTOR
                 p["lr"] /= 2 if weaker else 1
