@@ -180,12 +180,22 @@ def test_kill_9_at_random_moments_leaves_a_readable_file_and_a_rerun_completes(r
 
     rng = random.Random(0)
     mid_walk, done = 0, 0
-    for _ in range(8):  # kill anywhere: mostly in what is left of the work (sampling, rewrites), some in start-up
-        proc = subprocess.Popen(command("killed.h5"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        left = (len(steps) - done) * per
-        time.sleep(rng.uniform(0, startup) if rng.random() < 0.25 else startup + rng.uniform(0, left))
+    for _ in range(8):  # kill anywhere: mostly inside a checkpoint's work (sampling, rewrites), some in start-up
+        proc = subprocess.Popen(command("killed.h5", quiet=False), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        left = len(steps) - done
+        if rng.random() < 0.25 or left < 3:
+            time.sleep(rng.uniform(0, startup))
+        else:  # wait for k checkpoints to be written (each line follows its save), then kill within the next
+            k, computed = rng.randint(1, left - 2), 0
+            for line in proc.stderr:
+                computed += line.startswith("step") and "already done" not in line
+                if computed == k:
+                    break
+            time.sleep(rng.uniform(0, 0.9 * per))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stderr.close()
         if (run / "killed.h5").exists():  # whatever the moment, the file opens and reads
             with h5py.File(run / "killed.h5", "r") as f:
                 assert f.attrs["schema"] == store.SCHEMA
