@@ -28,6 +28,7 @@ from slt_probe.demo import DemoConfig, TrainConfig, run_demo, train_demo
 from slt_probe.engine.dln import check_dln, dln_problem
 from slt_probe.engine.sampler import SGLDConfig
 from slt_probe.errors import InputError, OutputError
+from slt_probe.inputs.checkpoints import revision_steps
 from slt_probe.inputs.curves import is_table
 from slt_probe.inputs.specs import RunSpec, sgld_config
 from slt_probe.runs.calibrate import RUNS, CalibrationGrid, calibrate_folder
@@ -48,7 +49,8 @@ def plain_console(**kwargs) -> Console:
 console = plain_console(stderr=True)
 
 # options shared by the commands that build a model and data from the command line (walk, calibrate)
-Model = Annotated[Optional[str], typer.Option(help="path/to/file.py:factory or package.module:factory")]
+Model = Annotated[Optional[str], typer.Option(help="path/to/file.py:factory or package.module:factory, or a "
+                                                   "TransformerLens config.json")]
 ModelConfig = Annotated[Optional[str], typer.Option(help="JSON/TOML file of keyword arguments for the factory")]
 DataSpec = Annotated[Optional[str], typer.Option("--data", help=".npy | .bin | .pt | .npz | file.h5:dataset | text file")]
 Context = Annotated[Optional[int], typer.Option(help="window length for 1-D token streams and text")]
@@ -144,6 +146,28 @@ SPURT_COLUMNS = [
 ]
 
 
+HEAD_COLUMNS = [  # one row per (head, spurt): many heads, one table
+    ("head", lambda r: r[0], False),
+    ("stages", lambda r: r[1], True),
+    ("spurt at step", lambda r: "" if r[2] is None else str(r[2].step), True),
+    ("type", lambda r: "" if r[2] is None else r[2].type + (" (hidden)" if r[2].hidden else ""), False),
+    ("Δλ̂ ± s.e.", lambda r: "" if r[2] is None else f"{r[2].dllc:+.3g} ± {r[2].dllc_se:.2g}", True),
+    ("confidence", lambda r: "" if r[2] is None else _confidence(r[2].confidence, r[2].tentative), True),
+]
+
+
+def print_head_transitions(found: dict[str, Transitions | ValueError], out: Console) -> None:
+    """The heads' stages and spurts in one table: a row per spurt, a head without one on a row of its own."""
+    rows = []
+    for name, t in found.items():
+        if isinstance(t, ValueError):
+            rows.append((name, "–", None))
+            continue
+        stages = str(len(t.stages))
+        rows += [(name, stages, sp) for sp in t.spurts] or [(name, stages, None)]
+    out.print(table(rows, HEAD_COLUMNS, "refined λ̂ of each head: stages and spurts"))
+
+
 def print_transitions(t: Transitions, out: Console) -> None:
     out.print(table(t.table(), STAGE_COLUMNS, "developmental stages"))
     if t.spurts:
@@ -201,14 +225,17 @@ def parse_list(text: Optional[str], option: str, kind: type) -> Optional[list]:
         raise InputError(f"{option} expects comma-separated {what}, got {text!r}") from None
 
 
-def parse_refine(items: Optional[list[str]]) -> dict[str, str]:
-    """--refine NAME=REGEX, repeated -> {NAME: REGEX}."""
-    out = {}
+def parse_refine(items: Optional[list[str]]) -> list:
+    """--refine heads | layers | NAME=REGEX, repeated -> ["heads", ("NAME", "REGEX"), ...] (walk's refine)."""
+    out = []
     for item in items or []:
+        if item.strip() in ("heads", "layers"):
+            out.append(item.strip())
+            continue
         name, sep, pattern = item.partition("=")
         if not sep or not name.strip() or not pattern or "/" in name:
-            raise InputError(f"--refine {item!r}: expected NAME=REGEX, e.g. layer0='^blocks\\.0\\.'")
-        out[name.strip()] = pattern
+            raise InputError(f"--refine {item!r}: expected heads, layers or NAME=REGEX, e.g. layer0='^blocks\\.0\\.'")
+        out.append((name.strip(), pattern))
     return out
 
 
@@ -297,10 +324,13 @@ def walk(
     mala_every: Annotated[Optional[int], typer.Option(help="measure MALA acceptance every k steps, 0 = off [10]")] = None,
     params: Annotated[Optional[str], typer.Option(help="sample only the parameters whose names match this regex: "
                                                        "the refined λ̂ of a component [all]")] = None,
-    refine: Annotated[Optional[list[str]], typer.Option(help="NAME=REGEX: also the refined λ̂ of the parameters "
-                                                             "matching REGEX at each checkpoint (repeatable)")] = None,
+    refine: Annotated[Optional[list[str]], typer.Option(help="also a refined λ̂ at each checkpoint (repeatable): heads "
+                                                             "(one per attention head), layers, or NAME=REGEX (the "
+                                                             "parameters matching REGEX)")] = None,
     engine: Annotated[str, typer.Option(help="slt | devinterp")] = "slt",
     steps: Annotated[Optional[str], typer.Option(help="only these steps, e.g. 100,200,400")] = None,
+    revisions: Annotated[Optional[str], typer.Option(help="hub cache: only the snapshots these refs name, e.g. "
+                                                          "step1000,step3000")] = None,
     every: Annotated[Optional[int], typer.Option(help="every K-th checkpoint (and the last)")] = None,
     max_checkpoints: Annotated[Optional[int], typer.Option(help="at most N checkpoints, log-spaced in step")] = None,
     dry_run: Annotated[bool, typer.Option(help="list what would be walked and stop")] = False,
@@ -339,12 +369,20 @@ def walk(
                                        method=method, sampler=sampler, mala_every=mala_every, params=params))
         components = parse_refine(refine)
         selection = dict(steps=parse_list(steps, "--steps", int), every=every, max_checkpoints=max_checkpoints)
+        named = {}  # step -> the revisions naming it
+        if revisions is not None:
+            if steps is not None:
+                raise InputError("--steps and --revisions both say which checkpoints to walk: give one of them")
+            for rev, step in revision_steps(ckpt_dir, parse_list(revisions, "--revisions", str)).items():
+                named.setdefault(step, []).append(rev)
+            selection["steps"] = sorted(named)
         todo, found, skipped = plan(ckpt_dir, **selection)
         if dry_run:
             for path, why in skipped:
                 typer.echo(f"skip  {path}  ({why})")
             for c in todo:
-                typer.echo(f"{c.step:>10}  {c.format:<12} {c.path}")
+                typer.echo(f"{c.step:>10}  {c.format:<12} {c.path}" + (f"  ({', '.join(named[c.step])})"
+                                                                       if c.step in named else ""))
             typer.echo(f"{len(todo)} of {len(found)} checkpoints would be walked")
             return
         bar.update(outer, total=len(todo))
@@ -358,14 +396,19 @@ def walk(
         bar.stop()
     if not quiet:
         say(f"{summary.computed} estimated, {summary.skipped} already done → {out}")
-    for name, t in summary.transitions.items():  # the LLC, then each refined λ̂
+    heads = {name: t for name, t in summary.transitions.items() if name in summary.heads}
+    for name, t in summary.transitions.items():  # the LLC, then each refined λ̂ (the heads in one table, below)
+        if name in heads:
+            continue
         label = "λ̂" if name is None else f"refined λ̂ of {name}"
         if isinstance(t, ValueError):  # too few checkpoints, one chain: the walk itself is fine
             say(f"transitions in {label}: not detected ({t})")
         elif not quiet:
             if name is not None:
-                say(f"{label} ({components[name]}):")
+                say(f"{label} ({summary.components[name]}):")
             print_transitions(t, console)
+    if heads and not quiet:
+        print_head_transitions(heads, console)
     if summary.failed:
         console.print(f"{len(summary.failed)} of {summary.total} checkpoints failed:", style="red")
         for f in summary.failed:

@@ -8,6 +8,7 @@ every estimate failed. The commands run in-process (typer's CliRunner). What a w
 with the walker (tests/runs/test_walker.py, which drives most walks through `slt-probe walk`).
 """
 
+import hashlib
 import io
 import json
 import re
@@ -23,6 +24,7 @@ from modelfiles import MODELS_DIR
 from rich.console import Console
 from rich.errors import MarkupError
 from rich.markup import render as render_markup
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 from walkrun import STEPS, invoke, make_run, one_line_error, train_checkpoints, walk_args
 
@@ -105,6 +107,31 @@ def test_dry_run_lists_the_plan(run):
     assert code == 0, out
     assert "notes.txt" in out and "3 of 4 checkpoints would be walked" in out
     assert re.search(r"\b20\s+torch\s+.*step_20\.pt", out), out
+
+
+def test_revisions_walk_only_the_hub_snapshots_their_refs_name(run):
+    """A hub cache as snapshot_download leaves it (models--ORG--NAME/: refs/stepN, snapshots/<commit>/)."""
+    repo = run / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    for step in STEPS:
+        commit = hashlib.sha1(str(step).encode()).hexdigest()
+        (repo / "refs" / f"step{step}").write_text(commit)
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        state = torch.load(run / "ckpts" / f"step_{step}.pt", weights_only=True)
+        save_file({k: v.clone() for k, v in state.items()}, repo / "snapshots" / commit / "model.safetensors")
+    code, out = invoke("walk", repo, "--dry-run", "--revisions", "step30,step10")
+    assert code == 0 and "2 of 4 checkpoints would be walked" in out, out
+    assert re.search(r"\b10\s+hf\s+.*\(step10\)", out) and "step20" not in out, out
+    args = [*walk_args(run, "rev.h5")[:1], repo, *walk_args(run, "rev.h5")[2:]]
+    code, out = invoke(*args, "--revisions", "step10,step30")
+    assert code == 0, out
+    assert list(slt_probe.load_results(run / "rev.h5").table.step) == [10, 30]
+    for extra, needle in {("--revisions", "step5"): "no ref step5 (refs: step0, step10, step20, step30)",
+                          ("--revisions", "step10", "--steps", "10"): "--steps and --revisions"}.items():
+        code, out = invoke(*args, *extra)
+        assert code == 2 and needle in one_line_error(out), out
+    code, out = invoke("walk", run / "ckpts", "--dry-run", "--revisions", "step10")
+    assert code == 2 and "not a Hugging Face hub cache" in one_line_error(out)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ Panels share one log-scale step axis, top to bottom:
   λ̂        λ̂ ± s.e. per checkpoint (hollow: verdict warn, red: verdict fail), the smoothed curve when the file
            has one, failed checkpoints as red crosses along the bottom;
   loss     L_n(w*) at each checkpoint: what the training curve shows;
-  refined  the refined λ̂ of each component (a layer's heads, ...), only when the file has a `refined` group:
-           λ̂ ± s.e., its smoothed curve and spurts (▲) when its transitions were detected;
+  refined  the refined λ̂ of each component (a layer, a regex's parameters), only when the file has a `refined`
+           group: λ̂ ± s.e., its smoothed curve and spurts (▲) when its transitions were detected;
+  heads    the refined λ̂ of each attention head (walk --refine heads) as a heatmap, heads × checkpoints (one row
+           a head, L<layer>H<head>, colour its λ̂), with its spurts (▲ ▼) where its transitions were detected;
   probes   behavioural metrics per checkpoint, only when the file has a `probes` group; a diamond marks the
            onset of each rising one (where it rises through half its final value).
 A curve read from a table (engine "external": `slt-probe transitions curve.csv`) is drawn the same way, titled by the
@@ -99,7 +101,7 @@ def _probe_curves(path: Path, step: np.ndarray) -> list[tuple[str, np.ndarray]]:
 
 
 def _refined_curves(path: Path, step: np.ndarray) -> list[dict]:
-    """The refined λ̂ curves: [{name, params, llc, se (aligned with the rows), smooth_x, smooth_y, spurts}]."""
+    """The refined λ̂ curves: [{name, params, head, llc, se (aligned with the rows), smooth_x, smooth_y, spurts}]."""
     refined = Refined.read(path)
     if refined is None:
         return []
@@ -107,6 +109,7 @@ def _refined_curves(path: Path, step: np.ndarray) -> list[dict]:
     for name in refined.values:
         c = refined.curve(name, step)
         curve = {"name": name, "params": refined.params[name], "llc": c["llc_mean"], "se": c["llc_se"],
+                 "head": refined.where.get(name, {}).get("head") is not None,
                  "smooth_x": None, "smooth_y": None, "spurts": {}}
         t = _transitions(read_transitions(path, refined=name))
         if t is not None and len(t["smooth"]["log_step"]):
@@ -338,6 +341,29 @@ def _draw_refined(ax, x, refined: list[dict]) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, frameon=False)
 
 
+def _draw_heads(fig, ax, x, heads: list[dict]) -> None:
+    """Each head's refined λ̂ as one row of a heatmap over the checkpoints, with its spurts (▲ rising, ▼ falling)."""
+    values = np.array([c["llc"] for c in heads])  # [heads, checkpoints]
+    # cell edges halfway between checkpoints on the log axis, the outer ones as far out again
+    lx = np.log10(x)
+    mid = (lx[1:] + lx[:-1]) / 2 if len(lx) > 1 else np.array([])
+    half = (lx[1] - lx[0]) / 2 if len(lx) > 1 else 0.1
+    edges = 10.0 ** np.concatenate([[lx[0] - half], mid, [lx[-1] + (lx[-1] - lx[-2]) / 2 if len(lx) > 1 else 0.1]])
+    mesh = ax.pcolormesh(edges, np.arange(len(heads) + 1), np.ma.masked_invalid(values), cmap="viridis",
+                         shading="flat", zorder=1)
+    fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.03).set_label("refined λ̂ of a head", fontsize=9)
+    for row, c in enumerate(heads):
+        sp = c["spurts"]
+        for log_step, rate, tentative in zip(sp.get("log_step", []), sp.get("rate", []), sp.get("tentative", [])):
+            ax.plot([10.0 ** float(log_step)], [row + 0.5], marker="^" if rate > 0 else "v", ms=6, mec="white",
+                    mew=1.0, mfc="none" if tentative else "white", ls="none", zorder=5)
+    every = max(1, len(heads) // 24)  # at most ~24 labels: a Pythia has 48 heads or more
+    ax.set_yticks(np.arange(0, len(heads), every) + 0.5, [c["name"] for c in heads[::every]], fontsize=7)
+    ax.set_ylim(len(heads), 0)  # L0H0 at the top
+    ax.grid(False)
+    ax.set_ylabel("heads", fontsize=10)
+
+
 def _draw_probes(ax, x, step, probes: list[tuple[str, np.ndarray]], dots) -> None:
     """Each probe against step, with a diamond at its onset (where it rises through half its final value)."""
     marked = False
@@ -502,6 +528,8 @@ def results_figure(path: str | Path, *, title: str | None = None, dpi: int = 150
     transitions = _transitions(res.transitions)
     probes = _probe_curves(path, t["step"].to_numpy(dtype=np.int64))
     refined = _refined_curves(path, t["step"].to_numpy(dtype=np.int64))
+    heads = [c for c in refined if c["head"]]
+    refined = [c for c in refined if not c["head"]]
 
     step = t["step"].to_numpy(dtype=np.int64)
     llc = t["llc_mean"].to_numpy(dtype=np.float64)
@@ -524,8 +552,9 @@ def results_figure(path: str | Path, *, title: str | None = None, dpi: int = 150
         smooth_x, smooth_y = 10.0 ** smooth["log_step"].astype(float), smooth["llc"].astype(float)
 
     # -- layout: λ̂ gets the most height; loss and probes are context for it
-    panels = ["llc", "loss"] + (["refined"] if refined else []) + (["probes"] if probes else [])
-    heights = {"llc": 3.0, "loss": 1.5, "refined": 2.0, "probes": 1.5}
+    panels = (["llc", "loss"] + (["refined"] if refined else []) + (["heads"] if heads else [])
+              + (["probes"] if probes else []))
+    heights = {"llc": 3.0, "loss": 1.5, "refined": 2.0, "heads": min(4.0, max(1.5, 0.2 * len(heads))), "probes": 1.5}
     fig = Figure(figsize=(11, 1.3 + sum(heights[p] for p in panels) * 1.15), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axs = fig.subplots(len(panels), 1, sharex=True, height_ratios=[heights[p] for p in panels])
@@ -563,6 +592,8 @@ def results_figure(path: str | Path, *, title: str | None = None, dpi: int = 150
         _draw_loss(ax["loss"], x, loss, dots, label="loss", missing="no loss column in the table")
     if refined:
         _draw_refined(ax["refined"], x, refined)
+    if heads:
+        _draw_heads(fig, ax["heads"], x, heads)
     if probes:
         _draw_probes(ax["probes"], x, step, probes, dots)
 

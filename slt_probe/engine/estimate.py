@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -25,7 +25,8 @@ from slt_probe.engine.data import (Data, LossFn, as_tuple, batch_schedule, check
                              take, to_device)
 from slt_probe.engine.devinterp import sample_devinterp
 from slt_probe.engine.diagnostics import Diagnostics, diagnose
-from slt_probe.engine.sampler import ChainTrace, SGLDConfig, auto_method, count_params, resolve_device, run_chains
+from slt_probe.engine.sampler import (ChainTrace, Params, SGLDConfig, auto_method, count_params, resolve_device,
+                                     run_chains, select)
 
 
 @dataclass
@@ -168,11 +169,13 @@ def sample(
     config: SGLDConfig,
     *,
     per_chain: Optional[dict] = None,
+    groups: Optional[list[Params]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> tuple[ChainTrace, float, int]:
     """The raw chains behind estimate_llc: (trace, L_n(w*), number of parameters). config.nbeta resolved.
 
     per_chain: {"lr" | "localization" | "nbeta": [chains] values} samples a hyperparameter grid in one run.
+    groups: components sampled in one run, a group of chains each (run_chains); the count is then the first's.
     """
     device = resolve_device(config.device)
     # nn.Module.to itself: a model may override .to with its own signature (TransformerLens's HookedTransformer)
@@ -183,12 +186,56 @@ def sample(
     # Minibatches depend on the seed alone: every chain and every checkpoint sees the same sequence.
     schedule = batch_schedule(num_samples(data), config.batch_size, config.steps, config.seed,
                               config.mala_period).to(device)  # [T, B]
-    num_params = count_params(work, config.params)  # all, or those config.params selects (a refined LLC's d)
+    num_params = count_params(work, groups[0] if groups else config.params)  # all, or a refined LLC's d
     init_loss = evaluate_loss(work, loss_fn, data, schedule[config.burnin :], chunk=4 * config.batch_size)
     if not math.isfinite(init_loss):
         raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")
-    trace = run_chains(work, loss_fn, data, config, schedule, progress=progress, per_chain=per_chain)
+    trace = run_chains(work, loss_fn, data, config, schedule, progress=progress, per_chain=per_chain, groups=groups)
     return trace, init_loss, num_params
+
+
+def estimate_components(
+    model: nn.Module,
+    data: Data,
+    components: dict[str, Params],
+    *,
+    loss_fn: Optional[LossFn] = None,
+    config: Optional[SGLDConfig] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> dict[str, LLCResult]:
+    """The refined λ̂ of each component {name: params}, as estimate_llc(config=replace(config, params=...)) gives it.
+
+    Components that sample the same parameters (the heads of one layer: the same tensors, other coordinates) share
+    one run, config.chains chains each with their own mask and the noise a run of their own would draw
+    (run_chains' groups): one model copy, one L_n(w*), one pass at step 0 and wider steps instead of one run each.
+    """
+    config = (config or SGLDConfig()).resolved(as_tuple(data)[0].shape[0])
+    if loss_fn is None:
+        check_lm_tokens(data)
+        loss_fn = lm_cross_entropy
+    named = list(model.named_parameters())
+    batches: dict[tuple, list[str]] = {}  # the parameters sampled -> the components that sample them
+    for name, params in components.items():
+        key = tuple(m is not None for m in select(named, params))
+        batches.setdefault(key, []).append(name)
+    total, done = len(batches) * config.steps, 0
+    results = {}
+    for names in batches.values():
+        C, G = config.chains, len(names)
+        report = None if progress is None else lambda k, _, d=done: progress(d + k, total)
+        trace, init_loss, _ = sample(model, data, loss_fn, replace(config, chains=G * C),
+                                     groups=[components[n] for n in names], progress=report)
+        done += config.steps
+        loss, mala = trace.loss.double().numpy(), trace.mala.double().numpy()  # [G * C, steps], [G * C, pairs]
+        for g, name in enumerate(names):
+            rows = slice(g * C, (g + 1) * C)
+            notes = trace.notes + ([f"sampled with {G - 1} other components in one run of {G * C} chains"]
+                                   if G > 1 else [])
+            results[name] = summarize(loss[rows], init_loss, replace(config, params=components[name]),
+                                      count_params(model, components[name]), engine="slt", method=trace.method,
+                                      mala=mala[rows], mala_step=trace.mala_step.numpy(), notes=notes,
+                                      seconds=trace.seconds / G)
+    return {name: results[name] for name in components}
 
 
 def sampling_method(model: nn.Module, config: SGLDConfig) -> str:

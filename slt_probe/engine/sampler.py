@@ -15,13 +15,31 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
 from torch.func import vmap
 
 from slt_probe.engine.data import Data, LossFn, take
+
+
+@dataclass(frozen=True, eq=False)
+class Coordinates:
+    """A component smaller than whole tensors: {parameter name: bool mask of that parameter's shape, True where sampled}.
+
+    One attention head's rows of a fused qkv matrix, say: the weight-refined LLC of Wang et al. 2024
+    (arXiv 2410.02984) restricted to coordinates. `label` says what it is and stands for the masks in stored configs.
+    """
+
+    masks: dict[str, torch.Tensor]
+    label: str
+
+    def __str__(self) -> str:
+        return self.label
+
+
+Params = Union[None, str, Coordinates]  # every parameter | a regex over names | some coordinates of some parameters
 
 
 @dataclass
@@ -42,10 +60,10 @@ class SGLDConfig:
     dtype: str = "float32"  # sampling precision, whatever the checkpoint's (bf16 weights are upcast)
     method: str = "auto"  # "vmap" | "loop" | "auto" (by model size and device: auto_method)
     mala_every: int = 10  # every k-th step pair measures the MALA acceptance ratio; 0 disables
-    # A regular expression over parameter names (model.named_parameters()): only the matching parameters are
-    # sampled, the rest stay at w*. That is the weight-refined LLC of a component, e.g. r"^blocks\.0\." for the
-    # first layer's heads (Wang et al. 2024, arXiv 2410.02984). None: every parameter (the LLC).
-    params: Optional[str] = None
+    # The weight-refined LLC of a component (Wang et al. 2024, arXiv 2410.02984): only what `params` selects is
+    # sampled, the rest stays at w*. A regular expression over parameter names (model.named_parameters()), e.g.
+    # r"^blocks\.0\." for the first layer, or Coordinates (one head: inputs/heads.py). None: every parameter (the LLC).
+    params: Params = None
     # "sgld": one step size ε for every parameter (Welling & Teh 2011; Lau et al. 2023). "rmsprop": the step and the
     # noise of each parameter scaled by an RMSProp preconditioner G = 1/(rmsprop_eps + sqrt(V)), V the running mean
     # of its squared minibatch gradient (Li et al. 2016, pSGLD; devinterp's "rmsprop_sgld"), adapted during burn-in
@@ -77,7 +95,7 @@ class SGLDConfig:
             raise ValueError("need 0 <= rmsprop_alpha < 1 and rmsprop_eps > 0")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-        if self.params is not None:
+        if self.params is not None and not isinstance(self.params, Coordinates):
             try:
                 re.compile(self.params)
             except re.error as e:
@@ -101,7 +119,10 @@ class SGLDConfig:
         return replace(self, nbeta=n / math.log(n))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain values, as stored beside results: Coordinates by their label."""
+        d = asdict(replace(self, params=None))
+        d["params"] = None if self.params is None else str(self.params)
+        return d
 
 
 def resolve_device(device: str) -> torch.device:
@@ -134,47 +155,80 @@ def select_params(names: list[str], pattern: str) -> list[bool]:
     return keep
 
 
-def count_params(model: nn.Module, pattern: Optional[str] = None) -> int:
-    """The number of parameters sampled: all of them, or those `pattern` selects (a refined LLC's d)."""
+def select(named: list[tuple[str, torch.Tensor]], params: Params) -> list:
+    """What `params` samples of each parameter: None (held at w*), True (all of it) or a bool mask of its shape.
+    ValueError when it selects nothing, or names a parameter the model lacks, or a mask has the wrong shape."""
+    if params is None:
+        return [True] * len(named)
+    if isinstance(params, str):
+        return [True if k else None for k in select_params([n for n, _ in named], params)]
+    shapes = dict(named)
+    for name, m in params.masks.items():
+        if name not in shapes:
+            raise ValueError(f"{params.label}: the model has no parameter {name!r}")
+        if tuple(m.shape) != tuple(shapes[name].shape):
+            raise ValueError(f"{params.label}: the mask of {name} has shape {tuple(m.shape)}, the parameter "
+                             f"{tuple(shapes[name].shape)}")
+    out = []
+    for name, _ in named:
+        m = params.masks.get(name)
+        m = None if m is None or not m.any() else True if m.all() else m.bool()
+        out.append(m)
+    if all(m is None for m in out):
+        raise ValueError(f"{params.label}: selects no coordinates")
+    return out
+
+
+def count_params(model: nn.Module, params: Params = None) -> int:
+    """The number of coordinates sampled: every parameter, or what `params` selects (a refined LLC's d)."""
     named = list(model.named_parameters())
-    keep = select_params([n for n, _ in named], pattern) if pattern is not None else [True] * len(named)
-    return sum(p.numel() for (_, p), k in zip(named, keep) if k)
+    return sum(p.numel() if m is True else int(m.sum()) for (_, p), m in zip(named, select(named, params))
+               if m is not None)
 
 
 class FlatModel:
-    """A model's parameters as one flat vector [D], and the loss as a function of that vector."""
+    """The sampled parameters as one flat vector [D], and the loss as a function of that vector.
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn):
+    `active`: which of the model's parameters are sampled (default all). The others stay the model's own tensors,
+    which need no gradient: a refined LLC's backward pass skips their weight gradients (the unembedding's, say).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, active: Optional[list[bool]] = None):
         self.model, self.loss_fn = model, loss_fn
         named = list(model.named_parameters())
         if not named:
             raise ValueError("the model has no parameters")
+        active = active if active is not None else [True] * len(named)
+        named = [(n, p) for (n, p), a in zip(named, active) if a]
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
         self.w0 = torch.cat([p.detach().reshape(-1) for _, p in named])  # [D]
-        # Every place a parameter is registered, as (module, attribute, index into names): a tied parameter (one
-        # tensor under two names) has several, and all of them take the same slice of w, as functional_call's ties do.
+        # Every place a sampled parameter is registered, as (module, attribute, index into names): a tied parameter
+        # (one tensor under two names) has several, and all of them take the same slice of w, as functional_call's
+        # ties do.
         index = {id(p): i for i, (_, p) in enumerate(named)}
         self.slots = []
         for n, p in model.named_parameters(remove_duplicate=False):
-            prefix, _, attr = n.rpartition(".")
-            self.slots.append((model.get_submodule(prefix), attr, index[id(p)]))
+            if id(p) in index:
+                prefix, _, attr = n.rpartition(".")
+                self.slots.append((model.get_submodule(prefix), attr, index[id(p)]))
 
-    def mask(self, pattern: Optional[str]) -> Optional[torch.Tensor]:
-        """[D] 1.0 on the parameters select_params(pattern) keeps, else 0.0; None when every parameter is sampled."""
-        if pattern is None:
+    def mask(self, selected: list) -> Optional[torch.Tensor]:
+        """[D] 1.0 on the coordinates `selected` (select() over the active parameters) samples, else 0.0; None when
+        it samples all of them."""
+        if all(m is True for m in selected):
             return None
-        keep = select_params(self.names, pattern)
-        return torch.cat([torch.full((n,), float(k), dtype=self.w0.dtype, device=self.w0.device)
-                          for n, k in zip(self.numels, keep)])
+        return torch.cat([torch.full((n,), float(m is True), dtype=self.w0.dtype, device=self.w0.device)
+                          if not isinstance(m, torch.Tensor) else m.reshape(-1).to(self.w0)
+                          for n, m in zip(self.numels, selected)])
 
     def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         # w: [D] -> {name: view of shape p.shape}
         return {n: t.view(s) for n, t, s in zip(self.names, w.split(self.numels), self.shapes)}
 
     def loss(self, w: torch.Tensor, batch) -> torch.Tensor:
-        """loss_fn(model, batch) with every parameter replaced by its view of w [D] (under vmap, one chain's row).
+        """loss_fn(model, batch) with every sampled parameter replaced by its view of w [D] (under vmap, one chain's row).
 
         What torch.func.functional_call(model, unflatten(w), ...) does, by the same assignment into each module's
         _parameters, but with the slots found once: functional_call resolves the names and looks for tied weights on
@@ -261,6 +315,7 @@ def run_chains(
     schedule: torch.Tensor,
     progress: Optional[Callable[[int, int], None]] = None,
     per_chain: Optional[dict[str, torch.Tensor]] = None,
+    groups: Optional[list[Params]] = None,
 ) -> ChainTrace:
     """Sample `config.chains` SGLD chains around the model's current parameters.
 
@@ -269,10 +324,21 @@ def run_chains(
     `progress(done_steps, total_steps)` is called now and then.
     `per_chain`: optional {"lr", "localization", "nbeta"} -> [chains] values overriding the config's, so that
     one run samples a grid of hyperparameters, a group of chains per grid point (calibrate.py).
+    `groups`: components (each a `params`, in place of config.params) that sample the same parameters, each at its
+    own coordinates: the chains split into len(groups) consecutive groups, one per component. Each group draws its
+    noise from its own generator seeded as a run of that component alone would, so it reads as that run would.
     """
     device = next(model.parameters()).device
-    flat = FlatModel(model, loss_fn)
+    named = list(model.named_parameters())
+    selected = [select(named, p) for p in (groups or [config.params])]  # per group, per parameter: None/True/mask
+    active = [m is not None for m in selected[0]]
+    if any([m is not None for m in sel] != active for sel in selected[1:]):
+        raise ValueError("components sampled in one run must select the same parameters (at any coordinates)")
+    flat = FlatModel(model, loss_fn, active)
     C, D, T = config.chains, flat.w0.numel(), config.steps
+    G = len(selected)
+    if C % G:
+        raise ValueError(f"{C} chains do not split into {G} equal groups")
     lr, gamma, nbeta = config.lr, config.localization, float(config.nbeta)
     sqrt_lr = math.sqrt(lr)
     if per_chain:  # [C, 1] columns broadcast over the parameters; plain floats otherwise (cheaper)
@@ -283,12 +349,14 @@ def run_chains(
         lr, gamma, nbeta = column("lr", lr), column("localization", gamma), column("nbeta", nbeta)
         sqrt_lr = lr.sqrt()
     k = config.mala_period
-    # The noise, like the minibatch schedule, depends on the seed alone (common random numbers).
-    gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    # The noise, like the minibatch schedule, depends on the seed alone (common random numbers), one generator a group.
+    gens = [torch.Generator(device=device).manual_seed(config.seed + 1) for _ in range(G)]
 
     w0 = flat.w0  # [D]
-    # refined LLC: the drift and the noise of the other coordinates are zeroed, so they never leave w*
-    mask = flat.mask(config.params)  # [D] or None
+    # refined LLC: the drift and the noise of the coordinates not sampled are zeroed, so they never leave w*
+    masks = [flat.mask([m for m, a in zip(sel, active) if a]) for sel in selected]  # each [D] or None
+    mask = None if all(m is None for m in masks) else torch.stack(
+        [torch.ones_like(w0) if m is None else m for m in masks]).unsqueeze(1)  # [G, 1, D]
     w = w0.expand(C, D).clone()  # [C, D]
     grad = torch.empty_like(w)
     noise = torch.empty_like(w)
@@ -352,10 +420,11 @@ def run_chains(
             drift = grad.mul_(nbeta).addcmul_(offset, gamma)
         else:
             drift = grad.mul_(nbeta).add_(offset, alpha=gamma)
-        torch.randn(noise.shape, generator=gen, device=device, dtype=w.dtype, out=noise)
+        for g, part in enumerate(noise.view(G, C // G, D)):  # each group's rows: contiguous
+            torch.randn(part.shape, generator=gens[g], device=device, dtype=w.dtype, out=part)
         if mask is not None:  # before the MALA bookkeeping: the chain lives in the sampled coordinates only
-            drift.mul_(mask)
-            noise.mul_(mask)
+            drift.view(G, C // G, D).mul_(mask)
+            noise.view(G, C // G, D).mul_(mask)
 
         if pair_index < len(pair_steps):
             if t == pair_steps[pair_index] + 1:

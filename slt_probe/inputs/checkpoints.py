@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from slt_probe.errors import CheckpointError, InputError
+from slt_probe.inputs import tlens
 
 # file suffix -> format; ".ckpt" loads like any torch pickle, the name only says where it came from
 SUFFIX_FORMATS = {".pt": "torch", ".pth": "torch", ".bin": "torch", ".ckpt": "lightning", ".safetensors": "safetensors"}
@@ -326,6 +327,48 @@ def select(
     return chosen
 
 
+def revision_steps(ckpt_dir: Union[Path, str], revisions: Sequence[str]) -> dict[str, int]:
+    """{revision: the step of the snapshot it names}, in the order given, for a hub cache's refs (walk --revisions
+    step1000,step3000 selects those steps). InputError, one line: ckpt_dir is no hub cache, a revision has no ref (the
+    refs there are listed), or the snapshot a ref names is missing or is no checkpoint."""
+    root = Path(ckpt_dir)
+    hub = _hub_cache(root) if root.is_dir() else None
+    if hub is None:
+        if not root.exists():
+            raise InputError(f"{root}: checkpoint folder does not exist")
+        raise InputError(f"{root}: not a Hugging Face hub cache (models--ORG--NAME/ with refs/ and snapshots/), "
+                         f"so --revisions has no refs to select by; select with --steps")
+    snapshots, refs_of = hub
+    wanted = list(dict.fromkeys(r.strip() for r in revisions if r.strip()))
+    if not wanted:
+        raise InputError("--revisions names no revision")
+    commit_of = {ref: commit for commit, refs in refs_of.items() for ref in refs}
+    unknown = [r for r in wanted if r not in commit_of]
+    if unknown:
+        have = _names(sorted(commit_of, key=_natural), 20) or "none"
+        raise InputError(f"{snapshots.parent / 'refs'}: no ref {', '.join(unknown)} (refs: {have}); "
+                         f"snapshot_download(repo_id, revision=...) fetches a revision")
+    found, skipped = discover(root)
+    by_commit = {c.path.name: c for c in found}
+    why = {p.name: reason for p, reason in skipped}
+    steps = {}
+    for r in wanted:
+        commit = commit_of[r]
+        if commit in by_commit:
+            steps[r] = by_commit[commit].step
+        elif commit in why:
+            raise InputError(f"{snapshots / commit}: the snapshot of revision {r} is not a checkpoint ({why[commit]})")
+        else:
+            raise InputError(f"{snapshots.parent / 'refs' / r}: names commit {commit}, which has no snapshot in "
+                             f"{snapshots}")
+    return steps
+
+
+def _natural(name: str) -> list:
+    """step3000 before step10000."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{name} must be an integer >= 1, got {value!r}")
@@ -550,11 +593,14 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) 
     do parameters tied to one that is loaded (a language model's head tied to its embedding). Everything
     is checked (keys, shapes, finiteness) before the first byte is copied: a model is never left half loaded.
     """
-    # persistent parameters and buffers, sharing storage with the model (not a module's _extra_state)
-    own = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    # persistent parameters and buffers, sharing storage with the model (not a module's _extra_state), named as
+    # named_parameters() names them: a TransformerLens bridge's state_dict() renames them, its parameters are its
+    # wrapped model's
+    named = model.original_model if tlens.is_bridge(model) else model
+    own = {k: v for k, v in named.state_dict().items() if isinstance(v, torch.Tensor)}
     params = dict(model.named_parameters(remove_duplicate=False))
     buffers = dict(model.named_buffers(remove_duplicate=False))
-    state = _library_names(model, _align_prefix(state, own), own)
+    state = _library_names(model, _align_prefix(state, own), own, source)
 
     # an old checkpoint may carry what the model now keeps as a non-persistent buffer (a causal mask)
     unexpected = [k for k in state if k not in own and k not in buffers]
@@ -594,13 +640,21 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) 
             dst.copy_(src)  # casts to the model's dtype and device (bf16 checkpoint -> float32 model)
 
 
-def _library_names(model: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _library_names(model: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                   source: str) -> dict[str, torch.Tensor]:
     """A transformers model's checkpoint under the names the model has now. transformers 5 renames keys on load
     and back on save (its conversion mapping: GPT-NeoX saves lm_head as embed_out); the renaming is the library's
     own, asked of it, never a copy. A key the library would split or merge (a WeightConverter: fused experts) stays
-    as it is, so that the key check below names it. Other models, and names that already match, pass unchanged."""
+    as it is, so that the key check below names it. A TransformerLens bridge's checkpoint: _bridge_names. Other
+    models, and names that already match, pass unchanged."""
+    if tlens.is_hooked(model):  # before the names are compared: its derived buffers have the same names
+        state = tlens.without_derived(state)
+    if all(k in own for k in state):
+        return state
+    if tlens.is_bridge(model):
+        return _bridge_names(model, state, own, source)
     transformers = sys.modules.get("transformers")  # a transformers model means transformers is imported
-    if all(k in own for k in state) or transformers is None or not isinstance(model, transformers.PreTrainedModel):
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
         return state
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
@@ -614,6 +668,19 @@ def _library_names(model: nn.Module, state: dict[str, torch.Tensor], own: dict[s
     for key, value in state.items():
         new, converter = rename_source_key(key, renamings, converters, model.base_model_prefix, own)
         renamed[key if converter is not None else new] = value
+    return renamed if len(renamed) == len(state) else state  # two keys onto one name: leave it to the key check
+
+
+def _bridge_names(bridge: nn.Module, state: dict[str, torch.Tensor], own: dict[str, torch.Tensor],
+                  source: str) -> dict[str, torch.Tensor]:
+    """A checkpoint of a HookedTransformer (blocks.0.attn.W_Q, converted by TransformerLens itself) or of a bridge
+    (its state_dict(): blocks.0.attn.q.weight) under the names of the bridge's parameters (layers.0._original_component
+    ...), matched through the storage the bridge's state_dict() shares with them."""
+    state = tlens.from_hooked_names(bridge, state, source)
+    names = bridge.state_dict()
+    state = _align_prefix(state, names)  # a Lightning module's "model." prefix, say
+    raw = {(t.data_ptr(), t.shape): k for k, t in own.items() if t.numel() > 0}
+    renamed = {raw.get((names[k].data_ptr(), names[k].shape), k) if k in names else k: v for k, v in state.items()}
     return renamed if len(renamed) == len(state) else state  # two keys onto one name: leave it to the key check
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from slt_probe.engine.data import Data, LossFn, as_tuple, check_lm_tokens, lm_cross_entropy, lm_targets_loss
 from slt_probe.engine.sampler import SGLDConfig
 from slt_probe.errors import InputError
+from slt_probe.inputs import tlens
 from slt_probe.inputs.checkpoints import Checkpoint, hf_config_path, stored_model_args
 
 if sys.version_info >= (3, 11):
@@ -125,28 +126,28 @@ def load_loss(spec: str | None) -> Callable | None:
 # ---------------------------------------------------------------- models: --model, --model-config, --hf-config
 
 
-def read_kwargs(path: Path | str | None) -> dict:
+def read_kwargs(path: Path | str | None, option: str = "--model-config") -> dict:
     """--model-config: the factory's keyword arguments from a .json or .toml file. None -> {}."""
     if path is None:
         return {}
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"--model-config {path}: no such file")
+        raise InputError(f"{option} {path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in (".json", ".toml"):
-        raise InputError(f"--model-config {path}: unknown format {suffix or '(no suffix)'!r}, expected .json or .toml")
+        raise InputError(f"{option} {path}: unknown format {suffix or '(no suffix)'!r}, expected .json or .toml")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"--model-config {path}: cannot be read ({_why(e)})") from None
+        raise InputError(f"{option} {path}: cannot be read ({_why(e)})") from None
     try:
         kwargs = json.loads(text) if suffix == ".json" else tomllib.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"--model-config {path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        raise InputError(f"{option} {path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except tomllib.TOMLDecodeError as e:  # its message already says "(at line L, column C)"
-        raise InputError(f"--model-config {path}: invalid TOML: {' '.join(str(e).split())}") from None
+        raise InputError(f"{option} {path}: invalid TOML: {' '.join(str(e).split())}") from None
     if not isinstance(kwargs, dict):
-        raise InputError(f"--model-config {path}: the top level must be a table of keyword arguments, "
+        raise InputError(f"{option} {path}: the top level must be a table of keyword arguments, "
                          f"got a {type(kwargs).__name__}")
     return kwargs
 
@@ -169,7 +170,13 @@ def build_model(spec: str, config_path: Path | str | None = None, *,
     stored: (kwargs, the checkpoint they came from) when --model-config is not given and the checkpoint carries its
     model's arguments (nanoGPT's model_args). A class that takes one config object, as nanoGPT's GPT(GPTConfig) does,
     is given its module's <Name>Config(**kwargs).
+
+    --model config.json, a TransformerLens config (a HookedTransformerConfig's fields), builds that model instead.
     """
+    if spec.lower().endswith(".json"):
+        if config_path is not None:
+            raise InputError(f"--model-config applies to a factory; --model {spec} is a whole model's config")
+        return build_config_model(spec)
     factory = load_callable(spec, what="model")
     kwargs = read_kwargs(config_path)
     if config_path is None and stored is not None:
@@ -186,7 +193,26 @@ def build_model(spec: str, config_path: Path | str | None = None, *,
         raise InputError(f"--model {spec}: the factory raised {_why(e)}{with_cfg}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"--model {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
-    return model, _describe(model, spec, kwargs)
+    desc = _describe(model, spec, kwargs)  # the class the factory returned, before adapt subclasses it
+    return tlens.adapt(model), desc
+
+
+def build_config_model(spec: str) -> tuple[nn.Module, dict]:
+    """--model config.json: the TransformerLens model a HookedTransformerConfig saved as JSON describes
+    (json.dump(cfg.to_dict(), f, default=str), or the arguments it was built with), randomly initialised: the
+    checkpoints supply the weights. Nothing is downloaded."""
+    d = read_kwargs(spec, option="--model")
+    if "model_type" in d:
+        raise InputError(f"--model {spec}: a Hugging Face config, not a TransformerLens one; a folder of Hugging Face "
+                         f"checkpoints needs no --model (each holds its config.json)")
+    if not tlens.is_config(d):
+        missing = ", ".join(k for k in tlens.REQUIRED if k not in d)
+        raise InputError(f"--model {spec}: not a TransformerLens config (it lacks {missing}); a factory is given as "
+                         f"path/to/file.py:factory")
+    model, cfg, builder = tlens.build(d, f"--model {spec}")
+    desc = _describe(model, spec, cfg)
+    desc.update({"class": builder, "transformer_lens": tlens.version()})
+    return model, desc
 
 
 def _construct(factory: Callable, kwargs: dict) -> Any:
@@ -436,7 +462,8 @@ def _read_datasets_folder(path: Path, context: int | None, where: str) -> torch.
     try:
         import datasets
     except ImportError:
-        raise InputError(f"{where}: reading a datasets folder needs the datasets package; pip install datasets") from None
+        raise InputError(f"{where}: reading a datasets folder needs the datasets package; "
+                         f"pip install 'slt-probe[datasets]'") from None
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         if "train" not in ds:
@@ -471,7 +498,10 @@ def _tokenize(path: Path, tokenizer: str) -> np.ndarray:
             tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True, trust_remote_code=False)
             ids = tok(text)["input_ids"]
     except ImportError as e:
-        raise InputError(f"--tokenizer {tokenizer}: needs {e.name}; pip install {e.name}") from None
+        if e.name is None:  # a module the tokenizer needs said so itself (sentencepiece, say)
+            raise InputError(f"--tokenizer {tokenizer}: cannot be loaded ({_why(e)})") from None
+        extra = "'slt-probe[datasets]'" if e.name.split(".")[0] == "tokenizers" else e.name.split(".")[0]
+        raise InputError(f"--tokenizer {tokenizer}: needs {e.name}; pip install {extra}") from None
     except Exception as e:  # noqa: BLE001 - a broken tokenizer file or folder, in one line
         raise InputError(f"--tokenizer {tokenizer}: cannot be loaded ({_why(e)})") from None
     return np.asarray(ids, dtype=np.int64)
@@ -576,10 +606,20 @@ def _config_int(config: Any, name: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _model_config(model: nn.Module) -> Any:
+    """Hugging Face's (and models/attn_only.py's) model.config, else TransformerLens' model.cfg, else None."""
+    config = getattr(model, "config", None)
+    return config if config is not None else getattr(model, "cfg", None)
+
+
 def model_vocab_size(model: nn.Module) -> int | None:
-    """config.vocab_size (Hugging Face models, models/attn_only.py), else the input embedding's size, else None."""
-    vocab = _config_int(getattr(model, "config", None), "vocab_size")
-    if vocab is not None:
+    """config.vocab_size (Hugging Face models, models/attn_only.py) or cfg.d_vocab (TransformerLens), else the input
+    embedding's size, else None."""
+    config = _model_config(model)
+    vocab = _config_int(config, "vocab_size")
+    if vocab is None:
+        vocab = _config_int(config, "d_vocab")
+    if vocab is not None and vocab > 0:  # TransformerLens' d_vocab -1: not set
         return vocab
     get_emb = getattr(model, "get_input_embeddings", None)
     if callable(get_emb):
@@ -607,7 +647,7 @@ def check_tokens_fit(data: Data, model: nn.Module, *, data_path: str) -> None:
         top = int(data.max())
         if top >= vocab:
             raise InputError(f"{data_path}: token id {top} >= the model's vocabulary size {vocab}")
-    config = getattr(model, "config", None)
+    config = _model_config(model)
     n_ctx = next((v for v in (_config_int(config, a) for a in CONTEXT_ATTRS) if v is not None), None)
     T = data.shape[1] - 1  # the model sees the first T tokens of a row and predicts the last T
     if n_ctx is not None and T > n_ctx:

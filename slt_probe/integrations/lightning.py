@@ -29,7 +29,8 @@ def _callback_base() -> type:
         try:  # the package's older name
             from pytorch_lightning import Callback
         except ImportError as e:
-            raise ImportError("slt_probe.integrations.lightning needs Lightning: pip install lightning") from e
+            raise ImportError("slt_probe.integrations.lightning needs Lightning: pip install 'slt-probe[lightning]'") \
+                from e
     return Callback
 
 

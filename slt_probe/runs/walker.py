@@ -24,11 +24,13 @@ from torch import nn
 from slt_probe import store
 from slt_probe.analysis.transitions import Transitions
 from slt_probe.engine.data import Data, LossFn, num_samples, to_device
-from slt_probe.engine.estimate import estimate_llc, sampling_method
-from slt_probe.engine.sampler import SGLDConfig, count_params, resolve_device
+from slt_probe.engine.estimate import estimate_components, estimate_llc, sampling_method
+from slt_probe.engine.sampler import Params, SGLDConfig, count_params, resolve_device
 from slt_probe.errors import CheckpointError, InputError, first_line
 from slt_probe.inputs.checkpoints import Checkpoint, checkpoint_sha256, discover, load_into, load_state_dict, select
+from slt_probe.inputs.heads import Component, resolve
 from slt_probe.inputs.specs import RunSpec, load_inputs
+from slt_probe.inputs.tlens import adapt
 from slt_probe.runs.detect import detect_all
 
 
@@ -40,6 +42,8 @@ class WalkSummary:
     skipped: int = 0  # already in the file with the same weights
     failed: list[dict] = field(default_factory=list)  # {"step", "path", "message"}
     method: str = ""
+    components: dict[str, str] = field(default_factory=dict)  # refined λ̂ components: name -> what it samples
+    heads: list[str] = field(default_factory=list)  # those of them that are attention heads
     # walk_folder: the stages of each curve (None: the LLC; else a refined λ̂'s name), or why they were not found
     transitions: dict[Optional[str], Transitions | ValueError] = field(default_factory=dict)
     # step -> (verdict, reasons) of every walked checkpoint that has an estimate (computed now or before)
@@ -56,6 +60,7 @@ class WalkSummary:
         return f"every estimate failed: verdict fail at all {len(self.verdicts)} checkpoints estimated{why}"
 
 
+Refine = dict[str, Params] | list  # see walk()
 Event = Callable[..., None]  # on_event(kind, **info); kinds: "start", "skip", "steps", "done", "refine_failed"
 
 
@@ -105,7 +110,7 @@ def walk(
     overwrite: bool = False,
     on_event: Optional[Event] = None,
     probes: Optional[Probe] = None,
-    refine: Optional[dict[str, str]] = None,
+    refine: Optional[Refine] = None,
     wait: bool = False,
 ) -> WalkSummary:
     """Estimate λ̂ at every checkpoint (in step order) and write them to `out`.
@@ -115,8 +120,9 @@ def walk(
     root: the checkpoint folder (paths in the file are relative to it).
     meta: run description stored in the root attributes (command line, model spec, data spec, ...).
     probes: behavioural measurements at each checkpoint (probes.py), stored in the file's `probes` group.
-    refine: {name: regex over parameter names}: at each checkpoint also the refined λ̂ of each such component
-      (config.params, Wang et al. 2024), same settings and seed, stored in the file's `refined` group.
+    refine: components whose refined λ̂ (Wang et al. 2024) is also estimated at each checkpoint, same settings and
+      seed, into the file's `refined` group: {name: params} (a regex over parameter names, or Coordinates), or a
+      list of "heads" (one per attention head: inputs/heads.py), "layers", (name, regex) pairs and Components.
     wait: when another process is writing `out`, wait for it instead of refusing (InputError naming it).
     Raises InputError before any work when `out` cannot be written, is being written by another process, or holds a
     different walk (and overwrite is False); OutputError when it cannot be written later (a full disk: the file keeps
@@ -125,9 +131,10 @@ def walk(
     if isinstance(checkpoints, (str, Path)):  # a folder: every checkpoint in it
         root, checkpoints = checkpoints, discover(checkpoints)[0]
     w = _Walk(out, model, data, loss_fn, config or SGLDConfig(), engine, meta, overwrite, on_event, probes,
-              dict(refine or {}), wait)
+              refine, wait)
     try:
-        summary = WalkSummary(out=Path(out), total=len(checkpoints), method=w.method)
+        summary = WalkSummary(out=Path(out), total=len(checkpoints), method=w.method,
+                             components={n: str(p) for n, p in w.refine.items()}, heads=w.heads)
         for i, ckpt in enumerate(checkpoints):
             w.checkpoint(i, ckpt, Path(root), summary)
     finally:
@@ -142,20 +149,26 @@ class _Walk:
         self.emit = on_event or (lambda kind, **info: None)
         self.config = config = config.resolved(num_samples(data))
         self.device = resolve_device(config.device)
-        self.model, self.data, self.loss_fn = model.to(self.device), to_device(data, self.device), loss_fn
-        self.engine, self.probes, self.refine = engine, probes, refine
+        # a TransformerLens model as --model builds it (tlens.adapt), when a notebook built it itself
+        self.model, self.data, self.loss_fn = adapt(model).to(self.device), to_device(data, self.device), loss_fn
+        self.engine, self.probes = engine, probes
+        items = list(refine.items()) if isinstance(refine, dict) else list(refine or [])
+        parts: list[Component] = resolve(self.model, items)
+        self.refine: dict[str, Params] = {c.name: c.params for c in parts}
+        self.heads = [c.name for c in parts if c.head is not None]
+        where = {c.name: {"layer": c.layer, "head": c.head} for c in parts}
         attrs = store.run_attrs(config, self.device, engine, self.model, self.data, meta)
-        if (refine or config.params is not None) and engine != "slt":
+        if (self.refine or config.params is not None) and engine != "slt":
             raise InputError("refined LLCs (refine, params) are computed by engine 'slt' only")
         if config.params is not None:
             self._count(config.params, "--params")
-        num_params = {name: self._count(p, f"refine {name}") for name, p in refine.items()}
+        num_params = {name: self._count(p, f"refine {name}") for name, p in self.refine.items()}
 
         self.file = store.ResultsFile(out, config, overwrite=overwrite, wait=wait)  # this walk's until it ends
         try:
             self.file.adopt(attrs)  # refuses, before any work, to continue a file that holds another computation
             self.probe_values = self.file.resumed_probes() if probes is not None else {}
-            self.refined = self.file.resumed_refined(refine, num_params)
+            self.refined = self.file.resumed_refined({n: str(p) for n, p in self.refine.items()}, num_params, where)
         except BaseException:
             self.file.close()
             raise
@@ -167,8 +180,8 @@ class _Walk:
         self.method = attrs["method"] = method
         self.run_config = replace(config, method=method) if engine == "slt" else config
 
-    def _count(self, pattern: str, what: str) -> int:
-        """The parameters `pattern` selects: one that selects nothing fails now, not at every checkpoint."""
+    def _count(self, pattern: Params, what: str) -> int:
+        """The coordinates `pattern` selects: one that selects nothing fails now, not at every checkpoint."""
         try:
             return count_params(self.model, pattern)
         except ValueError as e:
@@ -193,20 +206,26 @@ class _Walk:
         load_into(self.model, state, source=str(ckpt.path))
 
     def estimate_refined(self, step: int, only_missing: bool = False) -> None:
-        """The refined λ̂ of each component at the model's current weights (one row each; NaN where it fails)."""
-        for name, pattern in self.refine.items():
-            if only_missing and step in self.refined.values[name]:
-                continue
-            try:
-                r = estimate_llc(self.model, self.data, loss_fn=self.loss_fn,
-                                 config=replace(self.run_config, params=pattern))
-                value = {"llc_mean": r.llc_mean, "llc_se": r.llc_se, "verdict": r.verdict,
-                         "llc_per_chain": np.asarray(r.llc_per_chain, dtype=np.float64)}
-            except (ValueError, RuntimeError) as e:  # the forward pass failed on these weights: the row says so
-                value = {"llc_mean": float("nan"), "llc_se": float("nan"), "verdict": "fail",
-                         "llc_per_chain": np.full(self.config.chains, np.nan)}
+        """The refined λ̂ of each component at the model's current weights (one row each; NaN where it fails).
+        The heads of a layer share one run (estimate_components); the sampling method is the rule's for their size."""
+        todo = {name: p for name, p in self.refine.items() if not (only_missing and step in self.refined.values[name])}
+        if not todo:
+            return
+        try:
+            results = estimate_components(self.model, self.data, todo, loss_fn=self.loss_fn,
+                                          config=replace(self.run_config, method=self.config.method),
+                                          progress=lambda done, total: self.emit("steps", done=done, total=total))
+        except (ValueError, RuntimeError) as e:  # the forward pass failed on these weights: the rows say so
+            results = {}
+            for name in todo:
                 self.emit("refine_failed", step=step, component=name, message=first_line(e))
-            self.refined.values[name][step] = value
+        for name in todo:
+            r = results.get(name)
+            self.refined.values[name][step] = {
+                "llc_mean": r.llc_mean, "llc_se": r.llc_se, "verdict": r.verdict,
+                "llc_per_chain": np.asarray(r.llc_per_chain, dtype=np.float64)} if r is not None else {
+                "llc_mean": float("nan"), "llc_se": float("nan"), "verdict": "fail",
+                "llc_per_chain": np.full(self.config.chains, np.nan)}
 
     def checkpoint(self, i: int, ckpt: Checkpoint, root: Path, summary: WalkSummary) -> None:
         """Estimate one checkpoint into its row, or skip it when the file has it with the same weights."""
@@ -287,7 +306,7 @@ def walk_folder(
     steps: Optional[list[int]] = None,
     every: Optional[int] = None,
     max_checkpoints: Optional[int] = None,
-    refine: Optional[dict[str, str]] = None,
+    refine: Optional[Refine] = None,
     overwrite: bool = False,
     detect: bool = True,
     command: str = "",
@@ -316,5 +335,5 @@ def walk_folder(
                    engine=engine, root=ckpt_dir, meta=meta, overwrite=overwrite, on_event=on_event, refine=refine,
                    wait=wait)
     if detect:
-        summary.transitions = detect_all(out, refined=list(refine or {}))
+        summary.transitions = detect_all(out, refined=list(summary.components))
     return summary

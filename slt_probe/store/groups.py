@@ -77,13 +77,16 @@ REFINED_FIELDS = {  # name: description; one value per checkpoint of the compone
 class Refined:
     """Refined LLCs per checkpoint, the file's `refined` group: one subgroup per component (walk(refine=...)).
 
-    params[name] is the regular expression over parameter names that selects the component, num_params[name]
-    how many parameters it holds; values[name][step] = {"llc_mean", "llc_se", "llc_per_chain", "verdict"}.
+    params[name] says what the component samples: the regular expression over parameter names that selects it, or
+    a head's label ("head 1 of layer 0 (blocks.0)"); num_params[name] how many coordinates it holds; where[name]
+    {"layer", "head"} (None where it is not a head or layer); values[name][step] = {"llc_mean", "llc_se",
+    "llc_per_chain", "verdict"}.
     """
 
     params: dict[str, str]
     num_params: dict[str, int]
     values: dict[str, dict[int, dict[str, Any]]]
+    where: dict[str, dict[str, Optional[int]]] = field(default_factory=dict)
 
     def write(self, g: h5py.Group, chains: int) -> None:
         g.attrs["description"] = ("refined LLCs: λ̂ with only one component's parameters sampled (Wang et al. 2024, "
@@ -91,7 +94,11 @@ class Refined:
         for name, pattern in self.params.items():
             sub = g.create_group(name)
             sub.attrs["params"], sub.attrs["num_params"] = pattern, int(self.num_params.get(name, 0))
-            sub.attrs["description"] = f"refined λ̂ of the parameters matching {pattern!r}"
+            where = self.where.get(name, {})
+            for key in ("layer", "head"):  # -1: not a layer's / head's component
+                sub.attrs[key] = -1 if where.get(key) is None else int(where[key])
+            sub.attrs["description"] = (f"refined λ̂ of {pattern}" if where.get("head") is not None else
+                                        f"refined λ̂ of the parameters matching {pattern!r}")
             steps = sorted(self.values.get(name, {}))
             rows = [self.values[name][s] for s in steps]
             for column, description in REFINED_FIELDS.items():
@@ -106,6 +113,21 @@ class Refined:
                     data = np.array([r[column] for r in rows], dtype=np.float64).reshape(len(rows))
                 ds = sub.create_dataset(column, data=data, dtype=STR if column == "verdict" else None)
                 ds.attrs["description"] = description
+
+    def heads(self, steps) -> Optional[dict[str, np.ndarray]]:
+        """The per-head refined λ̂ as arrays along `steps`: {"llc_mean", "llc_se": [K, layers, heads]}, NaN where a
+        head has no estimate (or a layer has fewer heads); None when no component is a head."""
+        heads = {n: w for n, w in self.where.items() if w.get("head") is not None and n in self.values}
+        if not heads:
+            return None
+        L = 1 + max(w["layer"] for w in heads.values())
+        H = 1 + max(w["head"] for w in heads.values())
+        out = {k: np.full((len(steps), L, H), np.nan) for k in ("llc_mean", "llc_se")}
+        for name, w in heads.items():
+            c = self.curve(name, steps)
+            for k in out:
+                out[k][:, w["layer"], w["head"]] = c[k]
+        return out
 
     def curve(self, name: str, steps) -> dict[str, np.ndarray]:
         """Component `name`'s llc_mean, llc_se [K] and llc_per_chain [K, chains] along `steps`; NaN at steps
@@ -123,12 +145,13 @@ class Refined:
         with h5py.File(path, "r") as f:
             if "refined" not in f:
                 return None
-            params, num_params, values = {}, {}, {}
+            params, num_params, values, where = {}, {}, {}, {}
             for name, sub in f["refined"].items():
                 params[name] = str(decode_attr(sub.attrs["params"]))
                 num_params[name] = int(sub.attrs.get("num_params", 0))
+                where[name] = {k: (None if int(sub.attrs.get(k, -1)) < 0 else int(sub.attrs[k])) for k in ("layer", "head")}
                 cols = {k: (sub[k].asstr()[...] if k == "verdict" else sub[k][...]) for k in REFINED_FIELDS}
                 values[name] = {int(s): {"llc_mean": float(cols["llc_mean"][i]), "llc_se": float(cols["llc_se"][i]),
                                          "llc_per_chain": cols["llc_per_chain"][i], "verdict": str(cols["verdict"][i])}
                                 for i, s in enumerate(cols["step"])}
-        return Refined(params, num_params, values)
+        return Refined(params, num_params, values, where)

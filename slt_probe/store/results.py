@@ -206,17 +206,18 @@ class ResultsFile:
         old = Probes.read(self.path) if self.previous is not None else None
         return old.values if old else {}
 
-    def resumed_refined(self, refine: dict[str, str], num_params: dict[str, int]) -> Refined:
-        """The refined group this run writes: each component asked for (regex `refine[name]`, `num_params[name]`
-        parameters) with the rows the continued run has for the same regex; the continued run's other components
-        kept as they are. A component whose regex changed starts again."""
-        refined = Refined(dict(refine), dict(num_params), {name: {} for name in refine})
+    def resumed_refined(self, refine: dict[str, str], num_params: dict[str, int],
+                        where: Optional[dict[str, dict]] = None) -> Refined:
+        """The refined group this run writes: each component asked for (`refine[name]` its regex or a head's label,
+        `num_params[name]` coordinates, `where[name]` its layer and head) with the rows the continued run has for the
+        same component; the continued run's other components kept as they are. A changed component starts again."""
+        refined = Refined(dict(refine), dict(num_params), {name: {} for name in refine}, dict(where or {}))
         old = Refined.read(self.path) if self.previous is not None and refine else None
         for name, pattern in (old.params if old else {}).items():
             if name not in refine:  # not asked for this time: kept as it is
                 refined.params[name], refined.num_params[name] = pattern, old.num_params[name]
-                refined.values[name] = old.values[name]
-            elif refine[name] == pattern:  # the same component: its rows so far are reused
+                refined.values[name], refined.where[name] = old.values[name], old.where.get(name, {})
+            elif refine[name] == pattern and num_params[name] == old.num_params[name]:  # the same: rows reused
                 refined.values[name] = old.values[name]
         return refined
 

@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 from tiny_problems import CFG, dln_problem, lm_tokens, tiny_lm
 from torch import nn
@@ -15,7 +16,9 @@ from slt_probe import SGLDConfig, estimate_llc
 from slt_probe.engine.data import lm_cross_entropy
 from slt_probe.engine.dln import dln_problem as engine_dln_problem
 from slt_probe.engine.dln import mse
-from slt_probe.engine.sampler import FlatModel, _GradientPaths
+from slt_probe.engine.estimate import estimate_components, sample
+from slt_probe.engine.sampler import Coordinates, FlatModel, _GradientPaths
+from slt_probe.inputs.heads import components
 
 
 def test_vmap_and_loop_agree_on_the_transformer():
@@ -177,3 +180,48 @@ def test_sampler_settings_are_checked():
             assert next(iter(bad)).split("_")[0] in str(e)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# components: coordinates, and several of them in one run
+
+
+def test_whole_tensor_coordinates_sample_as_their_regex_does():
+    model, data = tiny_lm(), lm_tokens()
+    masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters() if n.startswith("blocks.1.")}
+    cfg = SGLDConfig(**CFG, method="loop")
+    by_regex = estimate_llc(model, data, config=replace(cfg, params=r"^blocks\.1\."))
+    by_coordinates = estimate_llc(model, data, config=replace(cfg, params=Coordinates(masks, "layer 1")))
+    np.testing.assert_array_equal(by_regex.loss_trace, by_coordinates.loss_trace)
+    assert by_regex.num_params == by_coordinates.num_params == sum(m.numel() for m in masks.values())
+    assert by_coordinates.config.to_dict()["params"] == "layer 1"  # stored by its label
+
+
+def test_components_in_one_run_read_as_their_own_runs_do_bit_for_bit():
+    # the loop path computes each chain alone and each group draws its own run's noise: equal to the last bit
+    model, data = tiny_lm(), lm_tokens()
+    heads = {c.name: c.params for c in components(model, "heads")}  # 2 layers x 2 heads: two runs of 2 groups
+    cfg = SGLDConfig(**CFG, method="loop")
+    batched = estimate_components(model, data, heads, config=cfg)
+    assert list(batched) == list(heads)
+    for name, params in heads.items():
+        alone = estimate_llc(model, data, config=replace(cfg, params=params))
+        np.testing.assert_array_equal(batched[name].loss_trace, alone.loss_trace, err_msg=name)
+        assert batched[name].llc_mean == alone.llc_mean and batched[name].num_params == alone.num_params
+    assert len({r.llc_mean for r in batched.values()}) == 4  # different coordinates, different numbers
+    vmapped = estimate_components(model, data, heads, config=replace(cfg, method="vmap"))
+    for name in heads:  # the vmap path batches other shapes: equal to rounding
+        assert vmapped[name].llc_mean == pytest.approx(batched[name].llc_mean, rel=1e-4, abs=1e-4)
+
+
+def test_bad_coordinates_are_refused_by_name():
+    model, data = tiny_lm(), lm_tokens()
+    cfg = SGLDConfig(**CFG)
+    bad = {"unknown": ({"blocks.9.qkv.weight": torch.ones(3, dtype=torch.bool)}, "has no parameter 'blocks.9"),
+           "shape": ({"blocks.0.qkv.weight": torch.ones(3, dtype=torch.bool)}, r"has shape \(3,\), the parameter"),
+           "empty": ({"blocks.0.qkv.weight": torch.zeros(96, 32, dtype=torch.bool)}, "selects no coordinates")}
+    for label, (masks, words) in bad.items():
+        with pytest.raises(ValueError, match=f"^{label}: .*{words}"):
+            estimate_llc(model, data, config=replace(cfg, params=Coordinates(masks, label)))
+    with pytest.raises(ValueError, match="must select the same parameters"):
+        sample(model, data, lm_cross_entropy, replace(cfg.resolved(256), chains=6), groups=[r"^blocks\.0\.", r"^blocks\.1\."])

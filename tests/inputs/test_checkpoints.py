@@ -24,6 +24,7 @@ from slt_probe.inputs.checkpoints import (
     hf_config_path,
     load_into,
     load_state_dict,
+    revision_steps,
     select,
     step_from_name,
 )
@@ -493,6 +494,31 @@ def test_a_snapshot_no_ref_names_with_a_step_is_skipped_with_why(tmp_path):
     why = dict((p.name, reason) for p, reason in skipped)
     assert why[PYTHIA["step2000"]] == "its refs (main) give no step, nor does the folder (trainer_state.json)"
     assert why[PYTHIA["step3000"]].startswith("folder without model weights")
+
+
+def test_revisions_name_the_steps_of_the_snapshots_their_refs_point_at(tmp_path):
+    repo = hub_cache(tmp_path, PYTHIA)
+    assert revision_steps(repo, ["step3000", "step1000"]) == {"step3000": 3000, "step1000": 1000}
+    assert revision_steps(repo / "snapshots", ["main", " step2000"]) == {"main": 3000, "step2000": 2000}
+    (repo / "refs" / "step10000").write_text("e" * 40)  # listed in step order, not as text
+    with pytest.raises(InputError, match=r"refs: no ref step5000, v1 \(refs: main, step1000, step2000, step3000, "
+                                         r"step10000\); snapshot_download"):
+        revision_steps(repo, ["step1000", "step5000", "v1"])
+
+
+def test_revisions_outside_a_hub_cache_or_without_a_snapshot_are_one_line_errors(tmp_path):
+    torch.save(reference_state(), tmp_path / "step_1.pt")
+    with pytest.raises(InputError, match=r"not a Hugging Face hub cache .* select with --steps$"):
+        revision_steps(tmp_path, ["step1000"])
+    repo = hub_cache(tmp_path / "hub", {"step1000": PYTHIA["step1000"], "main": PYTHIA["step2000"]})
+    (repo / "refs" / "step4000").write_text("d" * 40)  # a ref left behind by a snapshot since deleted
+    with pytest.raises(InputError, match=r"refs/step4000: names commit d{40}, which has no snapshot in "):
+        revision_steps(repo, ["step4000"])
+    with pytest.raises(InputError, match=r"the snapshot of revision main is not a checkpoint \(its refs \(main\) "
+                                         r"give no step"):
+        revision_steps(repo, ["main"])
+    with pytest.raises(InputError, match="names no revision"):
+        revision_steps(repo, [" "])
 
 
 def test_a_commit_hash_outside_a_cache_gives_no_step(tmp_path):

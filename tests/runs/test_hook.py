@@ -569,7 +569,8 @@ def test_lightning_callback_leaves_training_unchanged(tmp_path):
 
 def test_integrations_say_what_to_install_when_their_framework_is_missing(monkeypatch):
     for name, frameworks, words in (("hf", ["transformers"], "pip install transformers"),
-                                    ("lightning", ["lightning", "pytorch_lightning"], "pip install lightning")):
+                                    ("lightning", ["lightning", "pytorch_lightning"],
+                                     r"pip install 'slt-probe\[lightning\]'")):
         for key in [k for k in sys.modules if k.split(".")[0] in frameworks] + frameworks:
             monkeypatch.setitem(sys.modules, key, None)  # as if not installed, even where it is imported
         monkeypatch.delitem(sys.modules, f"slt_probe.integrations.{name}", raising=False)

@@ -26,6 +26,8 @@ from walkrun import MODEL_KW, SGLD, STEPS, invoke, make_run, one_line_error, tra
 
 import slt_probe
 from slt_probe import store
+from slt_probe.analysis.plot import results_figure
+from slt_probe.inputs.heads import components
 from slt_probe.inputs.specs import load_callable
 
 
@@ -462,3 +464,42 @@ def test_a_walk_stores_the_refined_llc_of_each_component_and_its_transitions(run
     refined2 = store.Refined.read(run / "r.h5")
     assert sorted(refined2.values["embed"]) == STEPS and set(refined2.params) == {"layer0", "layer1", "embed"}
     assert refined2.values["layer0"][20]["llc_mean"] == refined.values["layer0"][20]["llc_mean"]
+
+
+def test_refine_heads_stores_one_component_per_head_and_draws_them(run, tmp_path):
+    code, out = invoke(*walk_args(run, "h.h5", "--refine", "heads", "--refine", r"emb=^embed\.", quiet=False))
+    assert code == 0, out
+    # the heads' stages and spurts in one table, the other component as before
+    assert "refined λ̂ of each head: stages and spurts" in out and "refined λ̂ of L0H0" not in out
+    assert "refined λ̂ of emb" in out
+    refined = store.Refined.read(run / "h.h5")
+    names = ["L0H0", "L0H1", "L1H0", "L1H1"]
+    assert list(refined.params) == [*names, "emb"]
+    assert refined.params["L1H0"] == "head 0 of layer 1 (blocks.1)"
+    assert refined.where["L1H0"] == {"layer": 1, "head": 0} and refined.where["emb"] == {"layer": None, "head": None}
+    # d_model 16, 2 heads of 8: 3 × 8 rows of qkv [48, 16] and 8 columns of out [16, 16]
+    assert all(refined.num_params[n] == 3 * 8 * 16 + 16 * 8 for n in names)
+    heads = refined.heads(STEPS)
+    assert heads["llc_mean"].shape == (len(STEPS), 2, 2) and np.isfinite(heads["llc_mean"]).all()
+    # the walk's numbers are each head's own run's (estimate_llc at its coordinates), bit for bit
+    model = load_model_file("attn_only").attn_only(**json.loads((run / "model.json").read_text()))
+    model.load_state_dict(torch.load(run / "ckpts" / "step_20.pt", weights_only=True))
+    cfg = slt_probe.load_results(run / "h.h5").config
+    layer1 = components(model, "heads")[3]
+    alone = slt_probe.estimate_llc(model, torch.as_tensor(np.load(run / "data.npy")),
+                                   config=slt_probe.SGLDConfig(**{**cfg, "params": layer1.params, "method": "auto"}))
+    assert refined.values["L1H1"][20]["llc_mean"] == alone.llc_mean
+    for name in names:
+        assert store.read_transitions(run / "h.h5", refined=name) is not None
+    with h5py.File(run / "h.h5") as f:
+        sub = f["refined/L0H1"]
+        assert (sub.attrs["layer"], sub.attrs["head"], sub.attrs["num_params"]) == (0, 1, 512)
+        assert f["refined/emb"].attrs["head"] == -1
+        assert "--refine heads --refine 'emb=^embed\\.'" in f.attrs["command"]
+    # the heatmap: one row per head, below the λ̂ and loss panels, the other component in its own panel
+    fig = results_figure(run / "h.h5")
+    by_label = {a.get_ylabel(): a for a in fig.axes}
+    assert list(by_label)[:4] == [r"$\hat{\lambda}$ (LLC)", "loss $L_n(w^*)$", "refined λ̂", "heads"]
+    mesh = by_label["heads"].collections[0]
+    assert mesh.get_array().shape == (4, len(STEPS))
+    assert [t.get_text() for t in by_label["heads"].get_yticklabels()] == names

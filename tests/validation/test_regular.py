@@ -9,6 +9,7 @@ h ≈ nβ/2 + γ in every direction. For this Gaussian target everything is know
 """
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from potentials import PointModel, describe, linear_regression_problem, run_case
 
 from slt_probe import estimate_llc
 from slt_probe.engine.closed_forms import regular_learning_coefficient
+from slt_probe.engine.estimate import estimate_components
+from slt_probe.engine.sampler import Coordinates
 
 SEED = 0
 D_OUT, D_IN = 4, 3
@@ -83,6 +86,35 @@ def test_the_refined_llc_of_half_the_weights_is_half_their_count():
     assert result.num_params == 6
     assert abs(result.llc_mean - lam) <= 0.10 * lam, f"λ̂ {result.llc_mean:.4f} not within 10% of 6/2 = {lam}"
     assert result.verdict != "fail", result.diagnostics.reasons
+
+
+def test_the_refined_llc_of_some_coordinates_is_half_their_count_alone_or_batched():
+    """Coordinates, not whole tensors (a head's rows of a fused matrix): a checkerboard of W's 12 entries (6) and one
+    row with one more entry (4), sampled one at a time and as two groups of one run (estimate_components). The loss
+    stays quadratic with a positive definite Hessian in any subset: λ = k/2. Batched, each group draws the noise of
+    its own run, so the two ways agree to rounding."""
+    model, data, loss_fn = linear_regression_problem(D_OUT, D_IN, seed=SEED)
+    (name, w), = model.named_parameters()
+    checker = (torch.arange(w.numel()) % 2 == 0).reshape(w.shape)
+    row = torch.zeros(w.numel(), dtype=torch.bool)
+    row[[0, 1, 2, 5]] = True
+    parts = {"checker": Coordinates({name: checker}, "checkerboard"),
+             "row": Coordinates({name: row.reshape(w.shape)}, "a row and one more")}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = sgld_config(SEED, **HP)
+        alone = {k: estimate_llc(model, data, loss_fn=loss_fn, config=replace(config, params=p)) for k, p in parts.items()}
+        batched = estimate_components(model, data, parts, loss_fn=loss_fn, config=config)
+    finally:
+        torch.set_num_threads(threads)
+    for key, k in (("checker", 6), ("row", 4)):
+        lam = regular_learning_coefficient(k)
+        print("\n" + describe(f"linear regression, refined to {k} coordinates", lam, batched[key]))
+        assert alone[key].num_params == batched[key].num_params == k
+        assert abs(batched[key].llc_mean - lam) <= 0.10 * lam, f"λ̂ {batched[key].llc_mean:.4f} not within 10% of {lam}"
+        assert batched[key].llc_mean == pytest.approx(alone[key].llc_mean, rel=1e-5)
+        assert batched[key].verdict != "fail", batched[key].diagnostics.reasons
 
 
 def badly_scaled_regression(scales=(10.0, 1.0, 0.1), d_out=2, n=20_000, seed=0):
