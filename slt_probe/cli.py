@@ -318,7 +318,10 @@ def walk(
     batch_size: Annotated[Optional[int], typer.Option(help="minibatch size [32]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed of minibatches and noise, shared by all checkpoints [0]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda[:i] [auto]")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="sampling precision: float32 | float64 [float32]")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="sampling precision: float32 | float64 | bfloat16 (forward and "
+                                                      "backward under bf16 autocast, chains in float32) [float32]")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="split each minibatch into K micro-batches, one "
+                                                           "forward/backward each, for batches that do not fit [1]")] = None,
     method: Annotated[Optional[str], typer.Option(help="auto | vmap | loop [auto]")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="sgld | rmsprop (RMSProp-preconditioned SGLD) [sgld]")] = None,
     mala_every: Annotated[Optional[int], typer.Option(help="measure MALA acceptance every k steps, 0 = off [10]")] = None,
@@ -366,7 +369,8 @@ def walk(
     try:
         cfg = sgld_config(config, dict(lr=lr, localization=localization, nbeta=nbeta, chains=chains, draws=draws,
                                        burnin=burnin, batch_size=batch_size, seed=seed, device=device, dtype=dtype,
-                                       method=method, sampler=sampler, mala_every=mala_every, params=params))
+                                       grad_accum=grad_accum, method=method, sampler=sampler, mala_every=mala_every,
+                                       params=params))
         components = parse_refine(refine)
         selection = dict(steps=parse_list(steps, "--steps", int), every=every, max_checkpoints=max_checkpoints)
         named = {}  # step -> the revisions naming it

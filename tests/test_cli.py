@@ -635,3 +635,13 @@ def test_a_full_disk_is_one_line_and_a_non_zero_exit(run, monkeypatch):
     line = one_line_error(out)
     assert code == 2 and str(run / "full.h5") in line and "No space left on device" in line
     assert not (run / "full.h5").exists()
+
+
+def test_bf16_autocast_and_micro_batches_are_walk_options_stored_with_the_run(run):
+    code, out = invoke(*walk_args(run, "bf16.h5", "--dtype", "bfloat16", "--grad-accum", "4", "--steps", "0,30"))
+    assert code == 0, out
+    res = slt_probe.load_results(run / "bf16.h5")
+    assert (res.config["dtype"], res.config["grad_accum"]) == ("bfloat16", 4)
+    assert set(res.table.status) == {"ok"} and np.isfinite(res.table.llc_mean).all()
+    code, out = invoke(*walk_args(run, "bad.h5", "--grad-accum", "3"))  # 16 does not split into 3
+    assert code == 2 and "grad_accum must be >= 1 and divide batch_size (16), got 3" in one_line_error(out)

@@ -43,6 +43,8 @@ def sample_devinterp(model: nn.Module, data: Data, *, loss_fn: LossFn, config: S
         raise ValueError("engine='devinterp' supports language-model token data with the default loss only")
     if config.params is not None:
         raise ValueError("a refined LLC (params) is computed by engine='slt' only")
+    if config.dtype == "bfloat16" or config.grad_accum != 1:
+        raise ValueError("bfloat16 autocast and grad_accum are engine='slt' features")
     # imported when used: devinterp and datasets take seconds to import, which every other command would pay
     from datasets import Dataset
     from devinterp.slt.llc import llc as devinterp_llc

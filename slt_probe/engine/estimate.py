@@ -116,6 +116,19 @@ def evaluate_loss(model: nn.Module, loss_fn: LossFn, data: Data, batches: torch.
     return float(total / batches.numel())
 
 
+def autocast_loss(loss_fn: LossFn, config: SGLDConfig, device: torch.device) -> LossFn:
+    """loss_fn under bf16 autocast when config.dtype is "bfloat16" (its value back in float32); else loss_fn."""
+    if config.dtype != "bfloat16":
+        return loss_fn
+
+    def loss(model, batch):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            value = loss_fn(model, batch)
+        return value.float()
+
+    return loss
+
+
 def estimate_llc(
     model: nn.Module,
     data: Data,
@@ -179,7 +192,7 @@ def sample(
     """
     device = resolve_device(config.device)
     # nn.Module.to itself: a model may override .to with its own signature (TransformerLens's HookedTransformer)
-    work = nn.Module.to(copy.deepcopy(model), device=device, dtype=getattr(torch, config.dtype)).eval()
+    work = nn.Module.to(copy.deepcopy(model), device=device, dtype=config.state_dtype).eval()
     for p in work.parameters():
         p.requires_grad_(False)  # gradients come from torch.func, never from .grad
     data = to_device(data, device)
@@ -187,7 +200,9 @@ def sample(
     schedule = batch_schedule(num_samples(data), config.batch_size, config.steps, config.seed,
                               config.mala_period).to(device)  # [T, B]
     num_params = count_params(work, groups[0] if groups else config.params)  # all, or a refined LLC's d
-    init_loss = evaluate_loss(work, loss_fn, data, schedule[config.burnin :], chunk=4 * config.batch_size)
+    # L_n(w*) under the loss the chains see: in bf16 autocast when they sample under it
+    init_loss = evaluate_loss(work, autocast_loss(loss_fn, config, device), data, schedule[config.burnin :],
+                              chunk=max(1, 4 * config.batch_size // config.grad_accum))
     if not math.isfinite(init_loss):
         raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")
     trace = run_chains(work, loss_fn, data, config, schedule, progress=progress, per_chain=per_chain, groups=groups)

@@ -124,8 +124,8 @@ def test_step_zero_one_pass_gives_every_chain_what_its_own_pass_would():
     flat = FlatModel(model, lm_cross_entropy)
     w = flat.w0.expand(3, -1).clone()
     grads = torch.empty_like(w), torch.empty_like(w)
-    each = _GradientPaths(flat, w, grads[0]).loop(data[:32])
-    once = _GradientPaths(flat, w, grads[1]).loop(data[:32], same=True)
+    each = _GradientPaths(flat, w, grads[0]).loop([data[:32]])
+    once = _GradientPaths(flat, w, grads[1]).loop([data[:32]], same=True)
     assert torch.equal(each, once) and torch.equal(grads[0], grads[1])
 
 
