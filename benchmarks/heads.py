@@ -23,7 +23,7 @@ from dataclasses import replace
 
 import torch
 
-from slt_probe import SGLDConfig, estimate_llc
+from slt_probe import estimate_llc
 from slt_probe.demo.pipeline import DemoConfig
 from slt_probe.demo.train import TrainConfig, build_model
 from slt_probe.engine.estimate import estimate_components
