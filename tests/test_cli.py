@@ -52,6 +52,14 @@ def rise_then_hidden_fall(tmp_path):
 # version, validate
 
 
+def test_python_dash_m_runs_the_command_line():
+    # what `torchrun -m slt_probe walk ...` and other launchers run
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "slt_probe", "version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("slt-probe ") and "torch" in out.stdout
+
+
 def test_version_prints_the_versions_in_use():
     code, out = invoke("version")
     assert code == 0, out

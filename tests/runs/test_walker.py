@@ -256,11 +256,16 @@ def test_gpt_neox_and_llama_runs_walk_through_the_librarys_own_key_names(tmp_pat
             model.get_input_embeddings().weight.mul_(1.5)
     np.save(tmp_path / "tokens.npy", np.random.default_rng(0).integers(0, 32, (128, 9)))
     code, out = invoke("walk", tmp_path / "run", "--out", tmp_path / "hf.h5", "--data", tmp_path / "tokens.npy",
-                       *SGLD, "--quiet")
+                       *SGLD, "--quiet", "--refine", "heads")
     assert code == 0, out
     res = slt_probe.load_results(tmp_path / "hf.h5")
     assert list(res.table.step) == [100, 200] and set(res.table.status) == {"ok"}, res.table.message
     assert res.attrs["model"]["model_type"] == model_type
+    # one component per head from the library's own modules, estimated at every checkpoint
+    refined = store.Refined.read(tmp_path / "hf.h5")
+    heads = config.num_attention_heads
+    assert list(refined.params) == [f"L{layer}H{h}" for layer in range(config.num_hidden_layers) for h in range(heads)]
+    assert np.isfinite(refined.heads([100, 200])["llc_mean"]).all()
 
 
 NANOGPT = '''"""nanoGPT's model.py in miniature: GPT(GPTConfig), (logits, loss) from forward, the last position only
