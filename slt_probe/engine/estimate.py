@@ -25,8 +25,8 @@ from slt_probe.engine.data import (Data, LossFn, as_tuple, batch_schedule, check
                              take, to_device)
 from slt_probe.engine.devinterp import sample_devinterp
 from slt_probe.engine.diagnostics import Diagnostics, diagnose
-from slt_probe.engine.sampler import (ChainTrace, Params, SGLDConfig, auto_method, count_params, resolve_device,
-                                     run_chains, select)
+from slt_probe.engine.sampler import (ChainTrace, Params, SGLDConfig, auto_method, autocast_loss, count_params,
+                                     resolve_device, run_chains, select)
 
 
 @dataclass
@@ -114,19 +114,6 @@ def evaluate_loss(model: nn.Module, loss_fn: LossFn, data: Data, batches: torch.
         for part in uniq[counts == m].split(chunk):
             total += loss_fn(model, take(data, part)).double() * (m * part.numel())
     return float(total / batches.numel())
-
-
-def autocast_loss(loss_fn: LossFn, config: SGLDConfig, device: torch.device) -> LossFn:
-    """loss_fn under bf16 autocast when config.dtype is "bfloat16" (its value back in float32); else loss_fn."""
-    if config.dtype != "bfloat16":
-        return loss_fn
-
-    def loss(model, batch):
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            value = loss_fn(model, batch)
-        return value.float()
-
-    return loss
 
 
 def estimate_llc(

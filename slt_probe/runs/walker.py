@@ -134,7 +134,7 @@ def walk(
               refine, wait)
     try:
         summary = WalkSummary(out=Path(out), total=len(checkpoints), method=w.method,
-                             components={n: str(p) for n, p in w.refine.items()}, heads=w.heads)
+                             components=w.labels, heads=w.heads)
         for i, ckpt in enumerate(checkpoints):
             w.checkpoint(i, ckpt, Path(root), summary)
     finally:
@@ -155,6 +155,7 @@ class _Walk:
         items = list(refine.items()) if isinstance(refine, dict) else list(refine or [])
         parts: list[Component] = resolve(self.model, items)
         self.refine: dict[str, Params] = {c.name: c.params for c in parts}
+        self.labels = {c.name: str(c.params) for c in parts}  # what each samples: its regex, or a head's label
         self.heads = [c.name for c in parts if c.head is not None]
         where = {c.name: {"layer": c.layer, "head": c.head} for c in parts}
         attrs = store.run_attrs(config, self.device, engine, self.model, self.data, meta)
@@ -168,7 +169,7 @@ class _Walk:
         try:
             self.file.adopt(attrs)  # refuses, before any work, to continue a file that holds another computation
             self.probe_values = self.file.resumed_probes() if probes is not None else {}
-            self.refined = self.file.resumed_refined({n: str(p) for n, p in self.refine.items()}, num_params, where)
+            self.refined = self.file.resumed_refined(self.labels, num_params, where)
         except BaseException:
             self.file.close()
             raise
