@@ -7,9 +7,10 @@
    each device and their difference in units of the combined s.e. Both take the same seed, hence the same
    minibatches; the noise comes from each device's own generator, so the two are independent estimates.
 2. A GPT-2-sized model (transformers' GPT2Config() defaults: 124M parameters, random init; --small: 2 layers of
-   width 64, vocabulary 512) on random tokens, 4 chains × (burn-in + draws), batch 8 × 128 tokens: chain-steps/s, tokens/s and peak
-   CUDA memory for the bare loop (one chain after another, autograd and an in-place update: the floor), slt-probe's
-   loop and vmap paths, and devinterp 2.0.1, in float32 and (bare loop and slt-probe) bf16 autocast.
+   width 64, vocabulary 512) on random tokens, 4 chains × (burn-in + draws), batch 8 × 128 tokens: chain-steps/s,
+   tokens/s and peak CUDA memory for the bare loop (one chain after another, autograd and an in-place update: the
+   floor), slt-probe's loop and vmap paths and its loop one chain at a time (--chain-group 1), and devinterp 2.0.1,
+   in float32 and (bare loop and slt-probe) bf16 autocast.
    "× bare" is the time per chain-step over the bare loop's in the same precision.
 3. Per-head refined λ̂ on the demo model (8 heads): one run per head against the heads of a layer batched in one
    run (estimate_components), each timed after a warm-up.
@@ -147,6 +148,8 @@ def throughput(device: torch.device, small: bool, draws: int, burnin: int) -> No
         for method in ("loop", "vmap"):
             way(f"slt-probe {method}", dtype,
                 lambda m=method, d=dtype: estimate_llc(on_device, gpu_data, config=replace(cfg, method=m, dtype=d)))
+        way("slt-probe loop, --chain-group 1", dtype,  # one chain at a time: the least memory, the same numbers
+            lambda d=dtype: estimate_llc(on_device, gpu_data, config=replace(cfg, method="loop", dtype=d, chain_group=1)))
         if dtype == "float32":
             way("devinterp 2.0.1", dtype, lambda: devinterp_llc(on_device, gpu_data, replace(cfg, draws=cfg.steps),
                                                                   device))

@@ -7,8 +7,10 @@ exit code 2, the traceback only with --debug. Everything is printed literally: p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import shlex
 from dataclasses import asdict, replace
@@ -32,6 +34,7 @@ from slt_probe.inputs.checkpoints import revision_steps
 from slt_probe.inputs.curves import is_table
 from slt_probe.inputs.specs import RunSpec, sgld_config
 from slt_probe.runs.calibrate import RUNS, CalibrationGrid, calibrate_folder
+from slt_probe.runs import distributed
 from slt_probe.runs.detect import detect_and_store, detect_in_csv
 from slt_probe.runs.walker import plan, walk_folder
 from slt_probe.store import EXTERNAL_ENGINE, load_results, versions
@@ -322,6 +325,9 @@ def walk(
                                                       "backward under bf16 autocast, chains in float32) [float32]")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help="split each minibatch into K micro-batches, one "
                                                            "forward/backward each, for batches that do not fit [1]")] = None,
+    chain_group: Annotated[Optional[int], typer.Option(help="chains sampled at once; 1: one after another, the least "
+                                                            "memory; the numbers do not change (default: as many as "
+                                                            "half the free memory holds)")] = None,
     method: Annotated[Optional[str], typer.Option(help="auto | vmap | loop [auto]")] = None,
     sampler: Annotated[Optional[str], typer.Option(help="sgld | rmsprop (RMSProp-preconditioned SGLD) [sgld]")] = None,
     mala_every: Annotated[Optional[int], typer.Option(help="measure MALA acceptance every k steps, 0 = off [10]")] = None,
@@ -347,10 +353,15 @@ def walk(
     quiet: Annotated[bool, typer.Option(help="no progress bar or per-checkpoint lines")] = False,
     debug: Debug = False,
 ):
-    """Estimate λ̂ at every checkpoint in CKPT_DIR, with the same settings, into one HDF5 file."""
+    """Estimate λ̂ at every checkpoint in CKPT_DIR, with the same settings, into one HDF5 file.
+
+    Under torchrun (`torchrun --nproc_per_node N -m slt_probe walk ...`) the ranks share the work; rank 0 shows one
+    progress bar for the whole walk and prints the summary, the others print only their errors."""
     if threads:
         torch.set_num_threads(threads)
-    bar = progress_bar(quiet)  # started by the first event: a refused resume prints only its error
+    torchrun = distributed.launched()
+    rank = int(os.environ.get("RANK", "0")) if torchrun else 0
+    bar = progress_bar(quiet or rank != 0)  # started by the first event: a refused resume prints only its error
     outer = bar.add_task("checkpoints", total=None)
     inner = bar.add_task("SGLD", total=None, visible=False)
 
@@ -360,16 +371,20 @@ def walk(
             bar.update(inner, completed=0, visible=True, description=f"step {info['checkpoint'].step}")
         elif kind == "steps":
             bar.update(inner, completed=info["done"], total=info["total"])
+        elif kind == "units":  # torchrun: every rank's finished units, counted in the job's store
+            bar.update(outer, completed=info["done"], total=info["total"], description="units")
         elif kind in ("done", "skip"):
-            bar.update(outer, completed=info["index"] + 1)
             bar.update(inner, visible=False)
+            if torchrun:  # a line for each of rank 0's own checkpoints only would say less than the bar
+                return
+            bar.update(outer, completed=info["index"] + 1)
             if not quiet:
                 bar.console.print(checkpoint_line(info["row"], skipped=kind == "skip"), soft_wrap=True)
 
     try:
         cfg = sgld_config(config, dict(lr=lr, localization=localization, nbeta=nbeta, chains=chains, draws=draws,
                                        burnin=burnin, batch_size=batch_size, seed=seed, device=device, dtype=dtype,
-                                       grad_accum=grad_accum, method=method, sampler=sampler, mala_every=mala_every,
+                                       grad_accum=grad_accum, chain_group=chain_group, method=method, sampler=sampler, mala_every=mala_every,
                                        params=params))
         components = parse_refine(refine)
         selection = dict(steps=parse_list(steps, "--steps", int), every=every, max_checkpoints=max_checkpoints)
@@ -382,6 +397,8 @@ def walk(
             selection["steps"] = sorted(named)
         todo, found, skipped = plan(ckpt_dir, **selection)
         if dry_run:
+            if rank != 0:
+                return
             for path, why in skipped:
                 typer.echo(f"skip  {path}  ({why})")
             for c in todo:
@@ -391,13 +408,20 @@ def walk(
             return
         bar.update(outer, total=len(todo))
         spec = RunSpec(model, model_config, data, context, tokenizer, loss)
-        summary = walk_folder(ckpt_dir, out, spec, cfg, engine=engine, refine=components, overwrite=overwrite,
-                              detect=find_transitions, command=command_line(ctx), on_event=on_event, wait=wait,
-                              **selection)
+        with contextlib.ExitStack() as job:
+            ranks = None
+            if torchrun:  # this rank's device: its own GPU (cuda:LOCAL_RANK), or the CPU with gloo
+                ranks, rank_device = job.enter_context(distributed.process_group(cfg.device))
+                cfg = replace(cfg, device=rank_device)
+            summary = walk_folder(ckpt_dir, out, spec, cfg, engine=engine, refine=components, overwrite=overwrite,
+                                  detect=find_transitions, command=command_line(ctx), on_event=on_event, wait=wait,
+                                  ranks=ranks, **selection)
     except (InputError, OutputError, ValueError) as e:
-        fail(str(e), debug)
+        fail(str(e) if rank == 0 else f"rank {rank}: {e}", debug)
     finally:
         bar.stop()
+    if rank != 0:  # rank 0 reports the whole walk
+        return
     if not quiet:
         say(f"{summary.computed} estimated, {summary.skipped} already done → {out}")
     heads = {name: t for name, t in summary.transitions.items() if name in summary.heads}

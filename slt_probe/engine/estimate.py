@@ -124,6 +124,7 @@ def estimate_llc(
     config: Optional[SGLDConfig] = None,
     engine: str = "slt",
     progress: Optional[Callable[[int, int], None]] = None,
+    inplace: bool = False,
 ) -> LLCResult:
     """Estimate the LLC of `model` at its current parameters.
 
@@ -131,7 +132,10 @@ def estimate_llc(
       [N, T+1] and the loss is next-token cross-entropy.
     loss_fn(model, batch) -> scalar mean loss over the batch.
     engine: "slt" (this package's sampler) or "devinterp" (devinterp 2.0.1's, LM token data only).
-    The model is not modified: sampling runs on a copy, in eval mode, in config.dtype on config.device.
+    The model is not modified: sampling runs on a copy, in eval mode, in config.dtype on config.device. inplace=True
+    lets the sampler take the model instead of copying it (one model's memory less): its parameters already on the
+    device in config.dtype are replaced by equal tensors, views of the sampler's w*, and it is left in eval mode
+    (a walk's own model; never a model being trained).
     """
     config = config or SGLDConfig()
     tensors = as_tuple(data)
@@ -147,7 +151,7 @@ def estimate_llc(
     if engine != "slt":
         raise ValueError(f"engine must be 'slt' or 'devinterp', got {engine!r}")
 
-    trace, init_loss, num_params = sample(model, data, loss_fn, config, progress=progress)
+    trace, init_loss, num_params = sample(model, data, loss_fn, config, progress=progress, inplace=inplace)
     return summarize(
         trace.loss.double().numpy(),
         init_loss,
@@ -162,6 +166,21 @@ def estimate_llc(
     )
 
 
+def private_copy(model: nn.Module, device: torch.device, dtype: torch.dtype, inplace: bool = False) -> nn.Module:
+    """A copy of the model to sample, in eval mode, on `device` in `dtype`. Parameters already there are shared with
+    the caller's model, not copied: run_chains holds w* once, in its flat vector, and puts views of it in the copy's
+    modules in their place (FlatModel(own=True)); the shared tensors are only read. Otherwise each is converted.
+    inplace: the model itself when its parameters are all there (estimate_llc's inplace)."""
+    params = list(model.parameters())
+    if all(p.device == device and p.dtype == dtype for p in params):
+        return model.eval() if inplace else copy.deepcopy(model, memo={id(p): p for p in params}).eval()
+    # nn.Module.to itself: a model may override .to with its own signature (TransformerLens's HookedTransformer)
+    work = nn.Module.to(copy.deepcopy(model), device=device, dtype=dtype).eval()
+    for p in work.parameters():
+        p.requires_grad_(False)  # gradients come from the sampler's own leaves, never from .grad
+    return work
+
+
 def sample(
     model: nn.Module,
     data: Data,
@@ -171,6 +190,7 @@ def sample(
     per_chain: Optional[dict] = None,
     groups: Optional[list[Params]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    inplace: bool = False,
 ) -> tuple[ChainTrace, float, int]:
     """The raw chains behind estimate_llc: (trace, L_n(w*), number of parameters). config.nbeta resolved.
 
@@ -178,10 +198,7 @@ def sample(
     groups: components sampled in one run, a group of chains each (run_chains); the count is then the first's.
     """
     device = resolve_device(config.device)
-    # nn.Module.to itself: a model may override .to with its own signature (TransformerLens's HookedTransformer)
-    work = nn.Module.to(copy.deepcopy(model), device=device, dtype=config.state_dtype).eval()
-    for p in work.parameters():
-        p.requires_grad_(False)  # gradients come from torch.func, never from .grad
+    work = private_copy(model, device, config.state_dtype, inplace)
     data = to_device(data, device)
     # Minibatches depend on the seed alone: every chain and every checkpoint sees the same sequence.
     schedule = batch_schedule(num_samples(data), config.batch_size, config.steps, config.seed,
@@ -192,7 +209,8 @@ def sample(
                               chunk=max(1, 4 * config.batch_size // config.grad_accum))
     if not math.isfinite(init_loss):
         raise ValueError(f"the loss at w* is not finite ({init_loss}): the checkpoint or the data is broken")
-    trace = run_chains(work, loss_fn, data, config, schedule, progress=progress, per_chain=per_chain, groups=groups)
+    trace = run_chains(work, loss_fn, data, config, schedule, progress=progress, per_chain=per_chain, groups=groups,
+                       own=True)
     return trace, init_loss, num_params
 
 
@@ -204,12 +222,14 @@ def estimate_components(
     loss_fn: Optional[LossFn] = None,
     config: Optional[SGLDConfig] = None,
     progress: Optional[Callable[[int, int], None]] = None,
+    inplace: bool = False,
 ) -> dict[str, LLCResult]:
     """The refined λ̂ of each component {name: params}, as estimate_llc(config=replace(config, params=...)) gives it.
 
     Components that sample the same parameters (the heads of one layer: the same tensors, other coordinates) share
     one run, config.chains chains each with their own mask and the noise a run of their own would draw
     (run_chains' groups): one model copy, one L_n(w*), one pass at step 0 and wider steps instead of one run each.
+    inplace: as estimate_llc's.
     """
     config = (config or SGLDConfig()).resolved(as_tuple(data)[0].shape[0])
     if loss_fn is None:
@@ -226,7 +246,7 @@ def estimate_components(
         C, G = config.chains, len(names)
         report = None if progress is None else lambda k, _, d=done: progress(d + k, total)
         trace, init_loss, _ = sample(model, data, loss_fn, replace(config, chains=G * C),
-                                     groups=[components[n] for n in names], progress=report)
+                                     groups=[components[n] for n in names], progress=report, inplace=inplace)
         done += config.steps
         loss, mala = trace.loss.double().numpy(), trace.mala.double().numpy()  # [G * C, steps], [G * C, pairs]
         for g, name in enumerate(names):

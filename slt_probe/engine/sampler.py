@@ -1,11 +1,11 @@
 """The SGLD engine: chains of localized SGLD around a checkpoint w*, in functional PyTorch.
 
-All chains live in one flat matrix w [chains, D] of the sampled parameters (all of them, or a component's tensors).
-Each step evaluates the minibatch loss and its gradient for every chain, either with one vmapped forward/backward
-over the chain dimension ("vmap") or with one forward/backward per chain ("loop"), then applies one fused update to
-all chains. The noise of a run's chains is one draw from one generator (one per component when several share the
-run), and every chain sees the same minibatch, so the two paths compute the same numbers up to floating-point
-rounding and may be swapped freely.
+Chains live in a flat matrix w [g, D] of the sampled parameters (all of them, or a component's tensors), g of them
+at a time (SGLDConfig.chain_group: all at once, or fewer when memory is short). Each step evaluates the minibatch loss
+and its gradient for every chain of the group, either with one vmapped forward/backward over the chain dimension
+("vmap") or with one forward/backward per chain ("loop"), then applies one fused update, slice by slice of w. Every
+chain draws its noise from its own generator and every chain sees the same minibatch, so the numbers depend neither on
+the grouping nor on the path (up to floating-point rounding between the paths), which may be swapped freely.
 Which is faster depends on the model and the device (vmap wins where per-step overhead dominates,
 loses on CPU for mid-sized models and for transformers), so "auto" picks by a measured rule (auto_method).
 """
@@ -13,11 +13,14 @@ loses on CPU for mid-sized models and for transformers), so "auto" picks by a me
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import vmap
@@ -63,6 +66,9 @@ class SGLDConfig:
     dtype: str = "float32"
     grad_accum: int = 1  # each minibatch in this many equal micro-batches, one forward/backward each (memory / k)
     method: str = "auto"  # "vmap" | "loop" | "auto" (by model size and device: auto_method)
+    # chains sampled at once (1: one after another, the least memory); None: as many as the free memory holds
+    # (chain_group()). Each chain's noise is its own, so this changes the memory used, never the numbers.
+    chain_group: Optional[int] = None
     mala_every: int = 10  # every k-th step pair measures the MALA acceptance ratio; 0 disables
     # The weight-refined LLC of a component (Wang et al. 2024, arXiv 2410.02984): only what `params` selects is
     # sampled, the rest stays at w*. A regular expression over parameter names (model.named_parameters()), e.g.
@@ -89,6 +95,8 @@ class SGLDConfig:
         for name in ("chains", "draws", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.chain_group is not None and int(self.chain_group) < 1:
+            raise ValueError(f"chain_group must be >= 1, got {self.chain_group}")
         if self.burnin < 0 or self.mala_every < 0:
             raise ValueError("burnin and mala_every must be >= 0")
         if self.method not in ("auto", "vmap", "loop"):
@@ -202,9 +210,12 @@ class FlatModel:
 
     `active`: which of the model's parameters are sampled (default all). The others stay the model's own tensors,
     which need no gradient: a refined LLC's backward pass skips their weight gradients (the unembedding's, say).
+    `own`: the model is a private copy (estimate.sample's), whose modules may take new parameters: each sampled one is
+    replaced by a view of w0, so that w* is held once. The copy may share its parameters with the caller's model
+    (estimate.private_copy): those tensors are only read, never modified.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, active: Optional[list[bool]] = None):
+    def __init__(self, model: nn.Module, loss_fn: LossFn, active: Optional[list[bool]] = None, own: bool = False):
         self.model, self.loss_fn = model, loss_fn
         named = list(model.named_parameters())
         if not named:
@@ -214,7 +225,10 @@ class FlatModel:
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
-        self.w0 = torch.cat([p.detach().reshape(-1) for _, p in named])  # [D]
+        first = named[0][1]
+        self.w0 = torch.empty(sum(self.numels), dtype=first.dtype, device=first.device)  # [D]
+        for view, (_, p) in zip(self.w0.split(self.numels), named):
+            view.copy_(p.detach().reshape(-1))
         # Every place a sampled parameter is registered, as (module, attribute, index into names): a tied parameter
         # (one tensor under two names) has several, and all of them take the same slice of w, as functional_call's
         # ties do.
@@ -224,6 +238,10 @@ class FlatModel:
             if id(p) in index:
                 prefix, _, attr = n.rpartition(".")
                 self.slots.append((model.get_submodule(prefix), attr, index[id(p)]))
+        if own:  # one Parameter per tensor, so ties stay ties
+            views = [nn.Parameter(v, requires_grad=False) for v in self.views(self.w0)]
+            for mod, attr, i in self.slots:
+                mod._parameters[attr] = views[i]
 
     def mask(self, selected: list) -> Optional[torch.Tensor]:
         """[D] 1.0 on the coordinates `selected` (select() over the active parameters) samples, else 0.0; None when
@@ -234,19 +252,25 @@ class FlatModel:
                           if not isinstance(m, torch.Tensor) else m.reshape(-1).to(self.w0)
                           for n, m in zip(self.numels, selected)])
 
+    def views(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """w [..., D] as one view per sampled parameter, each [..., *shape]."""
+        lead = w.shape[:-1]
+        return [t.view(*lead, *s) for t, s in zip(w.split(self.numels, dim=-1), self.shapes)]
+
     def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         # w: [D] -> {name: view of shape p.shape}
-        return {n: t.view(s) for n, t, s in zip(self.names, w.split(self.numels), self.shapes)}
+        return dict(zip(self.names, self.views(w)))
 
-    def loss(self, w: torch.Tensor, batch) -> torch.Tensor:
-        """loss_fn(model, batch) with every sampled parameter replaced by its view of w [D] (under vmap, one chain's row).
+    def loss(self, w: torch.Tensor | list[torch.Tensor], batch) -> torch.Tensor:
+        """loss_fn(model, batch) with every sampled parameter replaced by its view of w [D] (or by the tensors of the
+        list views() gives; under vmap, one chain's).
 
         What torch.func.functional_call(model, unflatten(w), ...) does, by the same assignment into each module's
         _parameters, but with the slots found once: functional_call resolves the names and looks for tied weights on
         every call, which cost ~1% of a 270k-parameter transformer's step on the CPU (the loop path calls it once per
         chain and step). The model's own parameters are back in place when this returns or raises.
         """
-        views = [t.view(s) for t, s in zip(w.split(self.numels), self.shapes)]
+        views = self.views(w) if isinstance(w, torch.Tensor) else w
         saved = [mod._parameters[attr] for mod, attr, _ in self.slots]
         try:
             for mod, attr, i in self.slots:
@@ -282,47 +306,54 @@ def _sync(device: torch.device):
 
 
 class _GradientPaths:
-    """The minibatch loss [C] of every chain, with its gradient written into `grad` [C, D], two ways.
+    """The minibatch loss [g] of every chain of a block, with its gradient written into `grad` [g, D], two ways.
 
-    A minibatch comes as a list of k equal micro-batches (SGLDConfig.grad_accum): the loss and the gradient are the
-    means of theirs, each freed before the next, which is the full minibatch's mean up to rounding.
+    The gradient lands in `grad` itself: each parameter's view of w is a leaf whose .grad is its view of `grad`, which
+    the backward pass accumulates into in place, one parameter's gradient at a time (no [g, D] gradient of the flat
+    vector beside it, and no copy). The leaves are made once: they share w's storage, so they follow its updates. A
+    minibatch comes as a list of k equal micro-batches (SGLDConfig.grad_accum): the loss and the gradient are the
+    means of theirs, each freed before the next, the full minibatch's mean up to rounding.
     """
 
     def __init__(self, flat: FlatModel, w: torch.Tensor, grad: torch.Tensor):
         self.flat, self.w, self.grad = flat, w, grad
+
+        def leaves(w_rows, grad_rows):  # views of w [..., D] per parameter, each accumulating into its view of grad
+            out = [v.detach().requires_grad_() for v in flat.views(w_rows)]
+            for leaf, g in zip(out, flat.views(grad_rows)):
+                leaf.grad = g
+            return out
+
+        self.batched = leaves(w, grad)  # [g, *shape] each
+        self.each = [leaves(w[c], grad[c]) for c in range(w.shape[0])]  # per chain, [*shape] each
         # One vmapped forward for all chains, then one plain backward of the summed loss: the chains do not
         # interact, so d(sum_c L_c)/dw[c] = dL_c/dw[c]. Measured ~25% faster than vmap(grad(loss)) on CPU,
         # where torch.func's grad transform adds its own per-op overhead.
-        self.vmapped = vmap(flat.loss, in_dims=(0, None))  # ([C, D], batch) -> [C]
+        self.vmapped = vmap(flat.loss, in_dims=(0, None))  # ([g, *shape] per parameter, batch) -> [g]
 
     @staticmethod
-    def _mean(loss_of: Callable, w: torch.Tensor, batches: list, out: torch.Tensor) -> torch.Tensor:
-        """loss_of(w, batch) averaged over the micro-batches, its gradient with respect to w written into out."""
+    def _mean(loss_of: Callable, leaves: list[torch.Tensor], grad: torch.Tensor, batches: list) -> torch.Tensor:
+        """loss_of(leaves, batch) averaged over the micro-batches; its gradient accumulated into grad [..., D]."""
+        grad.zero_()
         k, total = len(batches), None
-        for i, batch in enumerate(batches):
-            loss = loss_of(w, batch)  # [C] or []
-            loss = loss / k if k > 1 else loss
-            (g,) = torch.autograd.grad(loss.sum(), w)
-            if i == 0:
-                out.copy_(g)
-                total = loss.detach()
-            else:
-                out.add_(g)
-                total = total + loss.detach()
+        with warnings.catch_warnings():  # a chain's view of a [g, D] buffer is not dense, hence "may impair
+            # performance": it does not (the gradient accumulates in place either way), and the alternative is a copy
+            warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+            for batch in batches:
+                loss = loss_of(leaves, batch)  # [g] or []
+                loss = loss / k if k > 1 else loss
+                loss.sum().backward(inputs=leaves)
+                total = loss.detach() if total is None else total + loss.detach()
         return total
 
     def vmap(self, batches: list) -> torch.Tensor:
-        wl = self.w.detach().requires_grad_()  # [C, D], shares w's storage
-        return self._mean(self.vmapped, wl, batches, self.grad)
+        return self._mean(self.vmapped, self.batched, self.grad, batches)
 
     def loop(self, batches: list, same: bool = False) -> torch.Tensor:
         """same: every chain is at the same point (step 0, all at w*), so chain 0's loss and gradient serve all of
-        them: the numbers each chain's own pass would give, one forward/backward instead of C."""
-        losses = []
-        for c in range(1 if same else self.w.shape[0]):
-            # plain autograd on a leaf that shares w[c]'s storage: torch.func.grad costs ~0.1 ms more a call
-            wc = self.w[c].detach().requires_grad_()  # [D]
-            losses.append(self._mean(self.flat.loss, wc, batches, self.grad[c]))
+        them: the numbers each chain's own pass would give, one forward/backward instead of g."""
+        losses = [self._mean(self.flat.loss, self.each[c], self.grad[c], batches)
+                  for c in range(1 if same else self.w.shape[0])]
         if same:
             self.grad[1:].copy_(self.grad[0])
             return losses[0].expand(self.w.shape[0]).clone()
@@ -346,6 +377,56 @@ def auto_method(num_params: int, chains: int, device: torch.device) -> str:
     return "vmap" if num_params <= VMAP_PARAMS_UP_TO else "loop"
 
 
+# What a chain's noise is, stored with every result: a file whose rows drew other noise cannot be continued with this.
+NOISE_STREAMS = "per chain: torch generator seeded by numpy SeedSequence([seed, chain]), drawn in slices of 2^20"
+
+
+def chain_seed(seed: int, chain: int) -> int:
+    """The seed of chain `chain`'s noise: an independent stream per chain (NumPy's SeedSequence hashing of the pair),
+    so that a chain draws the same noise whatever runs beside it: any chain grouping, any number of processes."""
+    return int(np.random.SeedSequence([seed, chain]).generate_state(1, np.uint64)[0])
+
+
+def free_memory(device: torch.device) -> Optional[int]:
+    """Bytes the device can still give: CUDA's free memory, or the RAM Linux calls available; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# "auto" chain groups take at most this share of the free memory for the chains' [g, D] state
+CHAIN_MEMORY_SHARE = 0.5
+
+
+def chain_group(config: SGLDConfig, num_params: int, device: torch.device) -> int:
+    """How many chains run at once: config.chain_group, else as many as CHAIN_MEMORY_SHARE of the free memory holds
+    (w, its gradient and, when on, MALA's pair vector and RMSProp's V and G: [D] each per chain). The numbers do not
+    depend on it. Activations are not counted; on CUDA a group that runs out of memory is halved (run_chains)."""
+    if config.chain_group is not None:
+        return min(config.chains, config.chain_group)
+    free = free_memory(device)
+    if free is None:
+        return config.chains
+    copies = 2 + (config.mala_period > 0) + 2 * (config.sampler == "rmsprop")
+    per_chain = copies * num_params * torch.tensor([], dtype=config.state_dtype).element_size()
+    return max(1, min(config.chains, int(CHAIN_MEMORY_SHARE * free // per_chain)))
+
+
+# The update runs over w in slices of this many coordinates per chain, so that its scratch ([g, CHUNK] each: w − w*,
+# the noise, a product) stays small beside a 100M-parameter model's [g, D] state.
+CHUNK = 1 << 20
+
+
 def run_chains(
     model: nn.Module,
     loss_fn: LossFn,
@@ -355,6 +436,7 @@ def run_chains(
     progress: Optional[Callable[[int, int], None]] = None,
     per_chain: Optional[dict[str, torch.Tensor]] = None,
     groups: Optional[list[Params]] = None,
+    own: bool = False,
 ) -> ChainTrace:
     """Sample `config.chains` SGLD chains around the model's current parameters.
 
@@ -364,8 +446,11 @@ def run_chains(
     `per_chain`: optional {"lr", "localization", "nbeta"} -> [chains] values overriding the config's, so that
     one run samples a grid of hyperparameters, a group of chains per grid point (calibrate.py).
     `groups`: components (each a `params`, in place of config.params) that sample the same parameters, each at its
-    own coordinates: the chains split into len(groups) consecutive groups, one per component. Each group draws its
-    noise from its own generator seeded as a run of that component alone would, so it reads as that run would.
+    own coordinates: the chains split into len(groups) consecutive groups, one per component, and chain i of a
+    component draws the noise chain i of a run of that component alone draws, so each reads as that run would.
+    `own`: the model is a private copy, whose parameters may become views of the chains' w* (FlatModel).
+    The chains run config.chain_group at a time (chain_group()): each chain's noise is its own stream and every chain
+    sees the same minibatches, so the grouping changes the memory used, not the numbers.
     """
     device = next(model.parameters()).device
     named = list(model.named_parameters())
@@ -373,142 +458,183 @@ def run_chains(
     active = [m is not None for m in selected[0]]
     if any([m is not None for m in sel] != active for sel in selected[1:]):
         raise ValueError("components sampled in one run must select the same parameters (at any coordinates)")
-    flat = FlatModel(model, autocast_loss(loss_fn, config, device), active)
+    flat = FlatModel(model, autocast_loss(loss_fn, config, device), active, own=own)
+    del named  # with `own`, the tensors the model held are replaced: let them go
     C, D, T = config.chains, flat.w0.numel(), config.steps
-    G = len(selected)
-    if C % G:
-        raise ValueError(f"{C} chains do not split into {G} equal groups")
-    lr, gamma, nbeta = config.lr, config.localization, float(config.nbeta)
-    sqrt_lr = math.sqrt(lr)
-    if per_chain:  # [C, 1] columns broadcast over the parameters; plain floats otherwise (cheaper)
-        def column(name, default):
-            v = torch.as_tensor(per_chain.get(name, default), dtype=flat.w0.dtype, device=device)
-            return v.reshape(-1, 1).expand(C, 1).contiguous()
-
-        lr, gamma, nbeta = column("lr", lr), column("localization", gamma), column("nbeta", nbeta)
-        sqrt_lr = lr.sqrt()
-    k = config.mala_period
-    # The noise, like the minibatch schedule, depends on the seed alone (common random numbers), one generator a group.
-    gens = [torch.Generator(device=device).manual_seed(config.seed + 1) for _ in range(G)]
-
-    w0 = flat.w0  # [D]
+    if C % len(selected):
+        raise ValueError(f"{C} chains do not split into {len(selected)} equal groups")
+    per_component = C // len(selected)
     # refined LLC: the drift and the noise of the coordinates not sampled are zeroed, so they never leave w*
     masks = [flat.mask([m for m, a in zip(sel, active) if a]) for sel in selected]  # each [D] or None
-    mask = None if all(m is None for m in masks) else torch.stack(
-        [torch.ones_like(w0) if m is None else m for m in masks]).unsqueeze(1)  # [G, 1, D]
-    w = w0.expand(C, D).clone()  # [C, D]
-    grad = torch.empty_like(w)
-    noise = torch.empty_like(w)
-    loss_trace = torch.full((C, T), float("nan"), device=device, dtype=w.dtype)
-    pair_steps = [t for t in range(T - 1) if k and t % k == 0]
-    mala = torch.full((C, len(pair_steps)), float("nan"), device=device, dtype=w.dtype)
-    prev_drift = torch.empty_like(w) if pair_steps else None
-    prev_noise = torch.empty_like(w) if pair_steps else None
-    prev_energy = torch.empty(C, device=device, dtype=w.dtype)
-    pair_index = 0
-    # RMSProp preconditioner (config.sampler "rmsprop"), per chain and parameter: V the running mean of the squared
-    # minibatch gradient, G = 1/(eps + sqrt(V̂)) with V̂ bias-corrected as in Adam (Kingma & Ba 2015), so that a short
-    # burn-in gives the scale, not a fraction of it. Adapted while t < burnin (at least on the first step), then
-    # frozen: with a constant G the preconditioned Langevin step leaves the tempered posterior invariant (up to the
-    # step's discretization bias) with no correction term, which an ever-adapting G would need (Li et al. 2016, Γ).
-    rms = config.sampler == "rmsprop"
-    square_avg = torch.zeros_like(w) if rms else None  # [C, D] V
-    precond = torch.ones_like(w) if rms else None  # [C, D] G
-    sqrt_precond = torch.ones_like(w) if rms else None  # [C, D] sqrt(G)
-    step_drift, step_noise = (torch.empty_like(w), torch.empty_like(w)) if rms else (None, None)
-    adapt_steps = max(config.burnin, 1) if config.rmsprop_freeze else T
+    hyper = {"lr": config.lr, "localization": config.localization, "nbeta": float(config.nbeta)}
+    if per_chain:  # [C, 1] columns broadcast over the parameters; plain floats otherwise (cheaper)
+        hyper = {name: torch.as_tensor(per_chain.get(name, v), dtype=flat.w0.dtype, device=device)
+                 .reshape(-1, 1).expand(C, 1).contiguous() for name, v in hyper.items()}
+    pair_steps = [t for t in range(T - 1) if config.mala_period and t % config.mala_period == 0]
+    loss_trace = torch.full((C, T), float("nan"), device=device, dtype=flat.w0.dtype)
+    mala = torch.full((C, len(pair_steps)), float("nan"), device=device, dtype=flat.w0.dtype)
 
-    paths = _GradientPaths(flat, w, grad)
     notes: list[str] = []
     method = config.method
     if method == "auto":
         method = auto_method(D, C, device)
         notes.append(f"method auto: {method} ({C} chains × {D} parameters on {device.type})")
+    g = chain_group(config, D, device)
+    if g < C:
+        notes.append(f"chains run {g} at a time (chain_group)")
 
-    offset = torch.empty_like(w)  # [C, D] w - w*, rewritten in place every step
-    scratch = torch.empty_like(w) if pair_steps else None  # [C, D] the squares of the MALA energies
+    start, first = time.perf_counter(), 0
+    while first < C:
+        ids = list(range(first, min(C, first + g)))
 
-    start = time.perf_counter()
-    for t in range(T):
-        batch = [take(data, idx) for idx in schedule[t].chunk(config.grad_accum)]  # k micro-batches
-        if method == "vmap":
-            try:
-                loss = paths.vmap(batch)
-            except Exception as e:  # models that cannot be vmapped: data-dependent control flow, .item(), ...
-                notes.append(f"vmap failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); used the loop")
-                method = "loop"
-                loss = paths.loop(batch, same=t == 0)
-        else:  # at step 0 every chain is at w* on the same batch: one pass serves all (C - 1 of C T passes saved)
-            loss = paths.loop(batch, same=t == 0)
-        loss_trace[:, t] = loss.detach()
-
-        if rms and t < adapt_steps:  # the raw minibatch gradient, before it becomes the drift below
-            a = config.rmsprop_alpha
-            square_avg.mul_(a).addcmul_(grad, grad, value=1 - a)
-            torch.div(square_avg, 1 - a ** (t + 1), out=precond).sqrt_().add_(config.rmsprop_eps).reciprocal_()
-            torch.sqrt(precond, out=sqrt_precond)
-
-        # Lau et al. 2023 (arXiv 2308.12108) eq. 8: Δw = ε/2 (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε);
-        # preconditioned (Li et al. 2016): Δw = ε/2 G (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε G)
-        torch.sub(w, w0, out=offset)  # [C, D]
-        mala_step = pair_index < len(pair_steps) and t - pair_steps[pair_index] in (0, 1)
-        # |w - w*|² / 2, for the MALA energy
-        half_sq = 0.5 * torch.square(offset, out=scratch).sum(1) if mala_step else None
-        # ∇U(w), U = nβ L_m + γ/2 |w - w*|²; fused ops with scalar hyperparameters (each pass over [C, D] counts)
-        if per_chain:
-            drift = grad.mul_(nbeta).addcmul_(offset, gamma)
-        else:
-            drift = grad.mul_(nbeta).add_(offset, alpha=gamma)
-        for g, part in enumerate(noise.view(G, C // G, D)):  # each group's rows: contiguous
-            torch.randn(part.shape, generator=gens[g], device=device, dtype=w.dtype, out=part)
-        if mask is not None:  # before the MALA bookkeeping: the chain lives in the sampled coordinates only
-            drift.view(G, C // G, D).mul_(mask)
-            noise.view(G, C // G, D).mul_(mask)
-
-        if pair_index < len(pair_steps):
-            if t == pair_steps[pair_index] + 1:
-                # MALA (Roberts & Tweedie 1996): log α = −ΔU + log q(w_t | w_t+1) − log q(w_t+1 | w_t),
-                # on one minibatch potential, since step t reused step t−1's batch.
-                # In units of the proposal's sd sqrt(ε G): back = sqrt(ε G)/2 (∇U_t + ∇U_t+1) − ξ_t, fwd = ξ_t.
-                energy = _col(nbeta) * loss.detach() + _col(gamma) * half_sq
-                back = prev_drift.add_(drift).mul_(sqrt_lr / 2)
-                if rms:
-                    back.mul_(sqrt_precond)
-                back.sub_(prev_noise)
-                log_q_back = -0.5 * torch.square(back, out=scratch).sum(1)
-                log_q_fwd = -0.5 * torch.square(prev_noise, out=scratch).sum(1)
-                log_alpha = prev_energy - energy + log_q_back - log_q_fwd
-                mala[:, pair_index] = torch.exp(torch.clamp(log_alpha, max=0.0))
-                pair_index += 1
-            if pair_index < len(pair_steps) and t == pair_steps[pair_index]:
-                prev_energy = _col(nbeta) * loss.detach() + _col(gamma) * half_sq
-                prev_drift.copy_(drift)
-                prev_noise.copy_(noise)
-
-        if rms:  # the MALA bookkeeping above keeps the unpreconditioned drift and the standard noise
-            drift = torch.mul(drift, precond, out=step_drift)
-            step = torch.mul(noise, sqrt_precond, out=step_noise)
-        else:
-            step = noise
-        if per_chain:
-            w.addcmul_(drift, lr, value=-0.5).addcmul_(step, sqrt_lr)
-        else:
-            w.add_(drift, alpha=-lr / 2).add_(step, alpha=sqrt_lr)
-
-        # One host sync every 64 steps: stop early once every chain has diverged.
-        if (t + 1) % 64 == 0 or t == T - 1:
+        def report(t: int, done: int = first, n: int = len(ids)) -> None:  # in steps of the whole run
             if progress is not None:
-                progress(t + 1, T)
-            if t < T - 1 and not torch.isfinite(loss_trace[:, t]).any():
-                notes.append(f"every chain diverged; sampling stopped after step {t}")
-                break
+                progress((done * T + n * t) // C, T)
+
+        # each component's mask [D] and the rows of the block it masks (chains are consecutive per component)
+        parts = [(slice(max(first, i * per_component) - first, min(ids[-1] + 1, (i + 1) * per_component) - first),
+                  masks[i]) for i in range(ids[0] // per_component, ids[-1] // per_component + 1)
+                 if masks[i] is not None]
+        block = _Block(flat, config, ids, [chain_seed(config.seed, c % per_component) for c in ids], parts,
+                       {name: v[ids] if isinstance(v, torch.Tensor) else v for name, v in hyper.items()}, pair_steps)
+        try:
+            method = block.run(data, schedule, method, loss_trace, mala, notes, report)
+        except torch.cuda.OutOfMemoryError:
+            if config.chain_group is not None or g == 1:
+                raise
+            del block
+            torch.cuda.empty_cache()
+            g = max(1, g // 2)  # the chains of the block start again, as they would have run: same numbers
+            notes.append(f"out of memory: chains run {g} at a time")
+            continue
+        first += len(ids)
     _sync(device)
-    seconds = time.perf_counter() - start
     return ChainTrace(
         loss=loss_trace.cpu(),
         mala=mala.cpu(),
-        mala_step=torch.tensor(pair_steps[: mala.shape[1]], dtype=torch.long),
+        mala_step=torch.tensor(pair_steps, dtype=torch.long),
         method=method,
         notes=notes,
-        seconds=seconds,
+        seconds=time.perf_counter() - start,
     )
+
+
+class _Block:
+    """The state of g chains sampled together ([g, D] each: w, its gradient; MALA's pair vector and RMSProp's V and G
+    when on) and their T steps."""
+
+    def __init__(self, flat: FlatModel, config: SGLDConfig, ids: list[int], seeds: list[int],
+                 masks: list[tuple[slice, torch.Tensor]], hyper: dict, pair_steps: list[int]):
+        w0, g = flat.w0, len(ids)  # [D]
+        self.flat, self.config, self.ids, self.masks, self.pair_steps = flat, config, ids, masks, pair_steps
+        self.lr, self.gamma, self.nbeta = hyper["lr"], hyper["localization"], hyper["nbeta"]  # floats or [g, 1]
+        self.sqrt_lr = self.lr.sqrt() if isinstance(self.lr, torch.Tensor) else math.sqrt(self.lr)
+        self.gens = [torch.Generator(device=w0.device).manual_seed(s) for s in seeds]
+        self.w = w0.expand(g, -1).clone()  # [g, D]
+        self.grad = torch.empty_like(self.w)  # [g, D]
+        self.pair = torch.empty_like(self.w) if pair_steps else None  # [g, D] MALA's 2(u_t − ξ_t), see step()
+        rms = config.sampler == "rmsprop"
+        self.square_avg = torch.zeros_like(self.w) if rms else None  # [g, D] V
+        self.precond = torch.ones_like(self.w) if rms else None  # [g, D] G
+        n = min(w0.numel(), CHUNK)
+        self.scratch = [torch.empty(g, n, dtype=w0.dtype, device=w0.device) for _ in range(3)]  # [g, n] each
+
+    def run(self, data: Data, schedule: torch.Tensor, method: str, loss_trace: torch.Tensor, mala: torch.Tensor,
+            notes: list[str], report: Callable[[int], None]) -> str:
+        """All T steps of the block's chains into their rows of loss_trace [C, T] and mala [C, pairs]; returns the
+        method used (the loop when vmap failed)."""
+        config, T, rows = self.config, self.config.steps, slice(self.ids[0], self.ids[-1] + 1)
+        paths = _GradientPaths(self.flat, self.w, self.grad)
+        pair_index, energy = 0, None
+        for t in range(T):
+            batch = [take(data, idx) for idx in schedule[t].chunk(config.grad_accum)]  # k micro-batches
+            if method == "vmap":
+                try:
+                    loss = paths.vmap(batch)
+                except Exception as e:  # models that cannot be vmapped: data-dependent control flow, .item(), ...
+                    notes.append(f"vmap failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); used the loop")
+                    method = "loop"
+                    loss = paths.loop(batch, same=t == 0)
+            else:  # at step 0 every chain is at w* on the same batch: one pass serves all (g - 1 of g T passes saved)
+                loss = paths.loop(batch, same=t == 0)
+            loss_trace[rows, t] = loss.detach()
+
+            pairs = self.pair_steps
+            opens = pair_index < len(pairs) and t == pairs[pair_index]
+            closes = pair_index < len(pairs) and t == pairs[pair_index] + 1
+            sums = self.step(t, opens, closes)
+            if opens or closes:  # MALA (Roberts & Tweedie 1996), on one minibatch potential: step t+1 reuses t's batch
+                e = _col(self.nbeta) * loss.detach() + _col(self.gamma) * sums[0]  # U = nβ L_m + γ/2 |w − w*|²
+                if opens:
+                    energy, constant = e, sums[1]
+                else:  # log α = −ΔU + log q(w_t | w_t+1) − log q(w_t+1 | w_t)
+                    log_alpha = energy - e - 0.5 * (constant + sums[1])
+                    mala[rows, pair_index] = torch.exp(torch.clamp(log_alpha, max=0.0)).to(mala.dtype)
+                    pair_index += 1
+
+            # One host sync every 64 steps: stop early once every chain has diverged.
+            if (t + 1) % 64 == 0 or t == T - 1:
+                report(t + 1)
+                if t < T - 1 and not torch.isfinite(loss_trace[rows, t]).any():
+                    notes.append(f"chains {self.ids[0]}-{self.ids[-1]} all diverged; their sampling stopped after "
+                                 f"step {t}")
+                    break
+        return method
+
+    def step(self, t: int, opens: bool, closes: bool) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """One SGLD update of the block, slice by slice of CHUNK coordinates, from the gradient in self.grad.
+
+        Lau et al. 2023 (arXiv 2308.12108) eq. 8: Δw = ε/2 (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε);
+        preconditioned (Li et al. 2016): Δw = ε/2 G (−nβ ∇L_m(w) − γ (w − w*)) + N(0, ε G).
+        At a MALA pair's steps, returns (|w − w*|²/2, a sum over coordinates) [g] each, in float64: with
+        u = sqrt(ε G)/2 ∇U the drift in units of the proposal's sd and ξ the step's noise, log q(w_t | w_t+1) −
+        log q(w_t+1 | w_t) = −½ Σ (u_t + u_t+1)(u_t + u_t+1 − 2ξ_t) = −½ [Σ u_t(u_t − 2ξ_t) + Σ u_t+1 (2u_t − 2ξ_t +
+        u_t+1)]: the step that opens the pair keeps 2(u_t − ξ_t) [g, D] and the first sum, the step that closes it
+        adds the second. One [g, D] vector instead of the drift and the noise, and no difference of two O(D) numbers.
+        """
+        config, w0, w, grad = self.config, self.flat.w0, self.w, self.grad
+        per_chain = isinstance(self.lr, torch.Tensor)
+        adapt = self.square_avg is not None and t < (max(config.burnin, 1) if config.rmsprop_freeze else config.steps)
+        half_sq = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) if opens or closes else None
+        pair_sum = torch.zeros_like(half_sq) if opens or closes else None
+        for a in range(0, w0.numel(), CHUNK):
+            b = min(a + CHUNK, w0.numel())
+            n = b - a
+            wc, gc = w[:, a:b], grad[:, a:b]  # [g, n]
+            offset, noise, tmp = (s[:, :n] for s in self.scratch)
+            torch.sub(wc, w0[a:b], out=offset)
+            if half_sq is not None:
+                half_sq += 0.5 * torch.square(offset, out=tmp).sum(1).double()
+            if adapt:  # RMSProp's V from the raw minibatch gradient, G = 1/(eps + sqrt(V̂)), V̂ bias-corrected as in
+                # Adam (Kingma & Ba 2015) so that a short burn-in gives the scale; adapted in burn-in, then frozen:
+                # with a constant G the chain leaves the tempered posterior invariant with no correction term
+                alpha = config.rmsprop_alpha
+                self.square_avg[:, a:b].mul_(alpha).addcmul_(gc, gc, value=1 - alpha)
+                torch.div(self.square_avg[:, a:b], 1 - alpha ** (t + 1), out=self.precond[:, a:b])
+                self.precond[:, a:b].sqrt_().add_(config.rmsprop_eps).reciprocal_()
+            # ∇U(w), U = nβ L_m + γ/2 |w − w*|², in place of the gradient; fused ops (each pass over [g, n] counts)
+            drift = gc.mul_(self.nbeta).addcmul_(offset, self.gamma) if per_chain else \
+                gc.mul_(self.nbeta).add_(offset, alpha=self.gamma)
+            for row, gen in zip(noise, self.gens):  # each chain's own stream
+                torch.randn(n, generator=gen, device=w.device, dtype=w.dtype, out=row)
+            for rows, mask in self.masks:  # a refined LLC's chain lives in its component's coordinates only
+                drift[rows].mul_(mask[a:b])
+                noise[rows].mul_(mask[a:b])
+            sqrt_g = torch.sqrt(self.precond[:, a:b], out=tmp) if self.precond is not None else None
+            if opens or closes:
+                u = torch.mul(drift, self.sqrt_lr / 2, out=offset)  # offset is spent; u [g, n]
+                if sqrt_g is not None:
+                    u.mul_(sqrt_g)
+                if opens:
+                    pair = torch.sub(u, noise, out=self.pair[:, a:b]).mul_(2)
+                    pair_sum += (u * (pair - u)).sum(1).double()  # u (u − 2ξ)
+                else:
+                    pair_sum += (u * (self.pair[:, a:b] + u)).sum(1).double()
+            if sqrt_g is not None:
+                drift.mul_(self.precond[:, a:b])
+                noise.mul_(sqrt_g)
+            if per_chain:
+                wc.addcmul_(drift, self.lr, value=-0.5).addcmul_(noise, self.sqrt_lr)
+            else:
+                wc.add_(drift, alpha=-self.lr / 2).add_(noise, alpha=self.sqrt_lr)
+        return (half_sq, pair_sum) if opens or closes else None

@@ -20,9 +20,10 @@ Every estimate uses the same resolved config, seed and sampling method (common r
 walk), so the curve's differences are the model's. A failing estimate (a NaN loss, a forward pass that
 raises) is recorded as a failed row and never stops training; a diverged one is recorded with verdict fail.
 The hook is the file's one writer (a lock beside it, held from the hook's creation until close() or the process
-ends). The file is rewritten atomically after each measurement (store): readers may open it at any time, and
-a training process killed at any moment leaves the last complete version. A restarted training with the
-same config appends to it (a row for a step measured again is replaced).
+ends). The file is rewritten atomically after each measurement (store: unlike a walk, which adds its rows as parts,
+so that plain h5py sees every measurement as it comes; a hook measures tens of steps, not thousands): readers may
+open it at any time, and a training process killed at any moment leaves the last complete version. A restarted
+training with the same config appends to it (a row for a step measured again is replaced).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from slt_probe.store.h5 import STR, decode_attr
+from slt_probe.store.parts import read_folded
 
 
 @dataclass
@@ -43,25 +44,35 @@ class Probes:
 
     @staticmethod
     def read(path: Path) -> Optional["Probes"]:
-        with h5py.File(path, "r") as f:
-            if "probes" not in f or "step" not in f["probes"]:
-                return None
-            g = f["probes"]
-            steps = [int(s) for s in g["step"][...]]
-            columns = {name: ds for name, ds in g.items() if isinstance(ds, h5py.Dataset) and name != "step"}
-            if "heads" in g:
-                columns.update(dict(g["heads"].items()))
-            skipped = []
-            for name, ds in list(columns.items()):
-                if ds.shape[:1] != (len(steps),) or h5py.check_string_dtype(ds.dtype) is not None:
-                    skipped.append(f"{name}: not one number per probed step ({ds.shape}, {ds.dtype})")
-                    del columns[name]
-            info = {name: (str(decode_attr(ds.attrs.get("label", name))), str(decode_attr(ds.attrs.get("description", ""))))
-                    for name, ds in columns.items()}
-            arrays = {name: ds[...] for name, ds in columns.items()}
+        """The probes of results file `path`, those of its parts folded in (parts.py); None when it has none."""
+        return read_folded(path, Probes.from_file, Probes.fold)
+
+    @staticmethod
+    def from_file(f: h5py.File) -> Optional["Probes"]:
+        if "probes" not in f or "step" not in f["probes"]:
+            return None
+        g = f["probes"]
+        steps = [int(s) for s in g["step"][...]]
+        columns = {name: ds for name, ds in g.items() if isinstance(ds, h5py.Dataset) and name != "step"}
+        if "heads" in g:
+            columns.update(dict(g["heads"].items()))
+        skipped = []
+        for name, ds in list(columns.items()):
+            if ds.shape[:1] != (len(steps),) or h5py.check_string_dtype(ds.dtype) is not None:
+                skipped.append(f"{name}: not one number per probed step ({ds.shape}, {ds.dtype})")
+                del columns[name]
+        info = {name: (str(decode_attr(ds.attrs.get("label", name))), str(decode_attr(ds.attrs.get("description", ""))))
+                for name, ds in columns.items()}
+        arrays = {name: ds[...] for name, ds in columns.items()}
         values = {s: {name: (a[i].item() if a.ndim == 1 else a[i]) for name, a in arrays.items()}
                   for i, s in enumerate(steps)}
         return Probes(info, values, skipped)
+
+    @staticmethod
+    def fold(old: "Probes", new: "Probes") -> "Probes":
+        """`new` (a later part) over `old`: a step's probes are measured together, so its values replace old's."""
+        skipped = old.skipped + [s for s in new.skipped if s not in old.skipped]
+        return Probes({**old.info, **new.info}, {**old.values, **new.values}, skipped)
 
 
 REFINED_FIELDS = {  # name: description; one value per checkpoint of the component's subgroup
@@ -142,16 +153,33 @@ class Refined:
 
     @staticmethod
     def read(path: Path) -> Optional["Refined"]:
-        with h5py.File(path, "r") as f:
-            if "refined" not in f:
-                return None
-            params, num_params, values, where = {}, {}, {}, {}
-            for name, sub in f["refined"].items():
-                params[name] = str(decode_attr(sub.attrs["params"]))
-                num_params[name] = int(sub.attrs.get("num_params", 0))
-                where[name] = {k: (None if int(sub.attrs.get(k, -1)) < 0 else int(sub.attrs[k])) for k in ("layer", "head")}
-                cols = {k: (sub[k].asstr()[...] if k == "verdict" else sub[k][...]) for k in REFINED_FIELDS}
-                values[name] = {int(s): {"llc_mean": float(cols["llc_mean"][i]), "llc_se": float(cols["llc_se"][i]),
-                                         "llc_per_chain": cols["llc_per_chain"][i], "verdict": str(cols["verdict"][i])}
-                                for i, s in enumerate(cols["step"])}
+        """The refined group of results file `path`, those of its parts folded in (parts.py); None when it has none."""
+        return read_folded(path, Refined.from_file, Refined.fold)
+
+    @staticmethod
+    def from_file(f: h5py.File) -> Optional["Refined"]:
+        if "refined" not in f:
+            return None
+        params, num_params, values, where = {}, {}, {}, {}
+        for name, sub in f["refined"].items():
+            params[name] = str(decode_attr(sub.attrs["params"]))
+            num_params[name] = int(sub.attrs.get("num_params", 0))
+            where[name] = {k: (None if int(sub.attrs.get(k, -1)) < 0 else int(sub.attrs[k])) for k in ("layer", "head")}
+            cols = {k: (sub[k].asstr()[...] if k == "verdict" else sub[k][...]) for k in REFINED_FIELDS}
+            values[name] = {int(s): {"llc_mean": float(cols["llc_mean"][i]), "llc_se": float(cols["llc_se"][i]),
+                                     "llc_per_chain": cols["llc_per_chain"][i], "verdict": str(cols["verdict"][i])}
+                            for i, s in enumerate(cols["step"])}
         return Refined(params, num_params, values, where)
+
+    @staticmethod
+    def fold(old: "Refined", new: "Refined") -> "Refined":
+        """`new` (a later part) over `old`, component by component: the same component gains new's steps (replacing
+        old's at the same step); one that samples something else now replaces old's whole (it started again)."""
+        out = Refined(dict(old.params), dict(old.num_params), {k: dict(v) for k, v in old.values.items()},
+                      dict(old.where))
+        for name, pattern in new.params.items():
+            same = out.params.get(name) == pattern and out.num_params.get(name) == new.num_params.get(name)
+            out.params[name], out.num_params[name] = pattern, new.num_params.get(name, 0)
+            out.where[name] = new.where.get(name, {})
+            out.values[name] = {**out.values[name], **new.values.get(name, {})} if same else dict(new.values.get(name, {}))
+        return out

@@ -225,3 +225,95 @@ def test_bad_coordinates_are_refused_by_name():
             estimate_llc(model, data, config=replace(cfg, params=Coordinates(masks, label)))
     with pytest.raises(ValueError, match="must select the same parameters"):
         sample(model, data, lm_cross_entropy, replace(cfg.resolved(256), chains=6), groups=[r"^blocks\.0\.", r"^blocks\.1\."])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# chain groups: chains run g at a time, each with its own noise, so the grouping never shows in the numbers
+
+
+@pytest.mark.parametrize("method", ["loop", "vmap"])
+@pytest.mark.parametrize("sampler", ["sgld", "rmsprop"])
+def test_the_chain_grouping_changes_no_number(method, sampler):
+    model, data = tiny_lm(), lm_tokens()
+    cfg = SGLDConfig(**dict(CFG, chains=4, method=method, sampler=sampler, mala_every=3))
+    runs = [estimate_llc(model, data, config=replace(cfg, chain_group=g)) for g in (None, 1, 3)]
+    for r in runs[1:]:  # 4 at once, one after another, 3 then 1: equal to the last bit, MALA included
+        np.testing.assert_array_equal(r.loss_trace, runs[0].loss_trace)
+        np.testing.assert_array_equal(r.llc_per_chain, runs[0].llc_per_chain)
+        assert r.diagnostics.acceptance == runs[0].diagnostics.acceptance
+    assert any("chains run 1 at a time" in n for n in runs[1].diagnostics.notes)
+
+
+def test_a_chain_draws_the_same_whatever_runs_beside_it():
+    # chain i's noise is its own stream: the first 2 of 4 chains are the 2 chains of a 2-chain run
+    model, data = tiny_lm(), lm_tokens()
+    cfg = SGLDConfig(**dict(CFG, method="loop"))
+    two, four = (estimate_llc(model, data, config=replace(cfg, chains=c)) for c in (2, 4))
+    np.testing.assert_array_equal(four.loss_trace[:2], two.loss_trace)
+    assert not np.array_equal(four.loss_trace[2], four.loss_trace[0])  # and the chains differ from one another
+
+
+def test_components_and_hyperparameter_grids_keep_their_numbers_one_chain_at_a_time():
+    model, data = tiny_lm(), lm_tokens()
+    heads = {c.name: c.params for c in components(model, "heads")}
+    cfg = SGLDConfig(**CFG, method="loop")
+    together, *grouped = (estimate_components(model, data, heads, config=replace(cfg, chain_group=g)) for g in (None, 1, 4))
+    for name in heads:  # 4 at a time: groups that straddle two heads' chains (3 each)
+        for other in grouped:
+            np.testing.assert_array_equal(together[name].loss_trace, other[name].loss_trace)
+    per_chain = {"lr": torch.tensor([1e-4, 1e-4, 3e-4, 3e-4]), "localization": torch.tensor([100.0, 300.0] * 2)}
+    config = replace(cfg, chains=4).resolved(256)
+    traces = [sample(model, data, lm_cross_entropy, replace(config, chain_group=g), per_chain=per_chain)[0]
+              for g in (None, 1)]
+    assert torch.equal(traces[0].loss, traces[1].loss) and torch.equal(traces[0].mala, traces[1].mala)
+
+
+def test_auto_chain_groups_follow_the_free_memory(monkeypatch):
+    import slt_probe.engine.sampler as sampler
+
+    cfg = SGLDConfig(chains=8, mala_every=10)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(sampler, "free_memory", lambda device: 10 * 3 * 4 * 1000)  # 10 chains' w, grad, MALA vector
+    assert sampler.chain_group(cfg, 1000, cpu) == 5  # half the free memory
+    monkeypatch.setattr(sampler, "free_memory", lambda device: 1)
+    assert sampler.chain_group(cfg, 1000, cpu) == 1
+    assert sampler.chain_group(replace(cfg, chain_group=3), 1000, cpu) == 3
+    monkeypatch.setattr(sampler, "free_memory", lambda device: None)
+    assert sampler.chain_group(cfg, 1000, cpu) == 8
+    with pytest.raises(ValueError, match="chain_group"):
+        SGLDConfig(chain_group=0)
+
+
+def test_a_group_that_runs_out_of_device_memory_is_halved_and_reads_the_same(monkeypatch):
+    import slt_probe.engine.sampler as sampler
+
+    model, data = tiny_lm(), lm_tokens()
+    cfg = SGLDConfig(**dict(CFG, chains=4, method="loop"))
+    expected = estimate_llc(model, data, config=cfg)
+    run = sampler._Block.run
+
+    def short_of_memory(block, *args):  # what CUDA raises when a group's activations do not fit
+        if len(block.ids) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return run(block, *args)
+
+    monkeypatch.setattr(sampler._Block, "run", short_of_memory)
+    r = estimate_llc(model, data, config=cfg)
+    np.testing.assert_array_equal(r.loss_trace, expected.loss_trace)
+    assert any("out of memory: chains run 1 at a time" in n for n in r.diagnostics.notes)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # a group the user set is theirs: no silent change
+        estimate_llc(model, data, config=replace(cfg, chain_group=2))
+
+
+@pytest.mark.parametrize("params", [None, r"^blocks\.1\."])
+def test_the_callers_model_is_only_read(params):
+    # the sampling copy shares the caller's parameters (on the same device and dtype) and puts views of w* in place
+    # of the sampled ones in its own modules: the caller's tensors, flags and mode are as they were
+    model, data = tiny_lm(), lm_tokens()
+    model.train()
+    before = {n: (p, p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
+    estimate_llc(model, data, config=SGLDConfig(**dict(CFG, params=params)))
+    assert model.training
+    for n, p in model.named_parameters():
+        same, value, flag = before[n]
+        assert p is same and torch.equal(p, value) and p.requires_grad == flag and p.grad is None, n

@@ -122,6 +122,20 @@ def test_a_different_config_is_refused_and_overwrite_starts_again(run):
     assert slt_probe.load_results(run / "results.h5").attrs["config_resolved"]["lr"] == 2e-4
 
 
+def test_rows_that_drew_other_noise_are_not_continued_and_the_chain_group_is_free(run):
+    assert invoke(*walk_args(run, "results.h5", "--steps", "0,10"))[0] == 0
+    # --chain-group changes the memory, not the numbers: the walk continues
+    code, out = invoke(*walk_args(run, "results.h5", "--chain-group", "1", quiet=False))
+    assert code == 0 and "2 estimated, 2 already done" in out, out
+    with h5py.File(run / "results.h5", "a") as f:  # a file from before each chain drew its own noise stream
+        assert "SeedSequence" in f.attrs["noise"]
+        del f.attrs["noise"]
+    code, out = invoke(*walk_args(run, "results.h5"))
+    assert code == 2
+    line = one_line_error(out)
+    assert "results.h5" in line and "drew their noise another way" in line and "--overwrite" in line
+
+
 # ----------------------------------------------------------------------------------------------------------
 # bad checkpoints: recorded as failed, the walk goes on, exit 1
 
@@ -454,8 +468,9 @@ def test_a_walk_stores_the_refined_llc_of_each_component_and_its_transitions(run
         assert sorted(values) == STEPS
         llc = np.array([values[s]["llc_mean"] for s in STEPS])
         assert np.isfinite(llc).all() and np.all(np.array([values[s]["llc_per_chain"].shape for s in STEPS]) == [2])
-        # a part of the model is sampled: its λ̂ is below the whole model's at the trained checkpoints
-        assert (llc[1:] < res.table.llc_mean.to_numpy()[1:]).all(), (name, llc, res.table.llc_mean)
+        # a part of the model is sampled: its λ̂ is below the whole model's over the trained checkpoints (summed: at
+        # 2 chains × 24 draws one checkpoint's λ̂ of ~0.1 has an s.e. of ~0.1, so single checkpoints may cross)
+        assert llc[1:].sum() < res.table.llc_mean.to_numpy()[1:].sum(), (name, llc, res.table.llc_mean)
         assert store.read_transitions(run / "r.h5", refined=name) is not None
     with h5py.File(run / "r.h5") as f:
         assert "description" in f["refined"].attrs and f["refined/layer0"].attrs["params"] == r"^blocks\.0\."
@@ -492,7 +507,7 @@ def test_refine_heads_stores_one_component_per_head_and_draws_them(run, tmp_path
     cfg = slt_probe.load_results(run / "h.h5").config
     layer1 = components(model, "heads")[3]
     alone = slt_probe.estimate_llc(model, torch.as_tensor(np.load(run / "data.npy")),
-                                   config=slt_probe.SGLDConfig(**{**cfg, "params": layer1.params, "method": "auto"}))
+                                   config=slt_probe.SGLDConfig(**{**cfg, "params": layer1.params}))  # the walk's loop
     assert refined.values["L1H1"][20]["llc_mean"] == alone.llc_mean
     for name in names:
         assert store.read_transitions(run / "h.h5", refined=name) is not None
