@@ -32,7 +32,7 @@ from slt_probe.engine.data import Data, num_samples
 from slt_probe.engine.estimate import LLCResult
 from slt_probe.engine.sampler import NOISE_STREAMS, SGLDConfig
 from slt_probe.errors import InputError, OutputError
-from slt_probe.store import parts
+import slt_probe.store.parts as parts
 from slt_probe.store.atomic import atomic_path, remove_stale_temporaries
 from slt_probe.store.lock import WriterLock
 from slt_probe.store.groups import Probes, Refined
