@@ -68,22 +68,31 @@ def remove_folder_if_empty(path: Path | str) -> None:
         pass
 
 
-def read_folded(path: Path | str, read_one: Callable[[h5py.File], Optional[T]],
-                fold: Callable[[T, T], T]) -> Optional[T]:
-    """read_one(file) of the results file, with read_one(part) of each part folded in, in name order.
+def read_each(path: Path | str, read_main: Callable[[Path], T], read_part: Callable[[Path], T]
+              ) -> tuple[T, list[tuple[Path, T]]]:
+    """(read_main(the results file), [(part, read_part(part)) for each part, in name order]).
 
     A part that vanishes between the listing and its reading was merged into the file meanwhile, perhaps after the
     file was read: everything is read again."""
     while True:
         listed = files(path)
-        with h5py.File(path, "r") as f:
-            out = read_one(f)
+        main = read_main(Path(path))
         try:
-            for p in listed:
-                with h5py.File(p, "r") as f:
-                    got = read_one(f)
-                if got is not None:
-                    out = got if out is None else fold(out, got)
+            return main, [(p, read_part(p)) for p in listed]
         except FileNotFoundError:
             continue
-        return out
+
+
+def read_folded(path: Path | str, read_one: Callable[[h5py.File], Optional[T]],
+                fold: Callable[[T, T], T]) -> Optional[T]:
+    """read_one(file) of the results file, with read_one(part) of each part folded in, in name order (read_each)."""
+
+    def read(p: Path) -> Optional[T]:
+        with h5py.File(p, "r") as f:
+            return read_one(f)
+
+    out, pieces = read_each(path, read, read)
+    for _, got in pieces:
+        if got is not None:
+            out = got if out is None else fold(out, got)
+    return out

@@ -445,14 +445,9 @@ def _read_piece(path: Path, schema: str, groups: bool) -> _Piece:
 
 
 def _read_all(path: Path, groups: bool) -> tuple[_Piece, list[tuple[Path, _Piece]]]:
-    """The results file and each of its parts (see parts.read_folded: a part merged meanwhile means reading again)."""
-    while True:
-        listed = parts.files(path)
-        main = _read_piece(path, SCHEMA, groups)
-        try:
-            return main, [(p, _read_piece(p, PART_SCHEMA, groups)) for p in listed]
-        except FileNotFoundError:
-            continue
+    """The results file and each of its parts (parts.read_each: a part merged meanwhile means reading again)."""
+    return parts.read_each(path, lambda p: _read_piece(p, SCHEMA, groups),
+                           lambda p: _read_piece(p, PART_SCHEMA, groups))
 
 
 def _rows(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
