@@ -7,6 +7,14 @@ No MLPs and, by default, no LayerNorm and no biases, so the residual stream is a
 sum of embeddings and attention-head outputs. That keeps the circuits readable
 and the parameter count small (~270k with the defaults).
 
+Options give the anchor's own architecture (Hoogland et al. 2024: TransformerLens'
+normalization_type='LN', positional_embedding_type='shortformer'): block_ln puts a
+LayerNorm before the attention of every block, layer_norm a final one before the
+unembedding, and positions='shortformer' adds the positional embedding only to
+the inputs of the queries and keys (after the block's LayerNorm, as
+TransformerLens does), never to the residual stream, so values, and what is
+written back, carry no position.
+
 The model is written to be safe under
     torch.func.vmap(torch.func.grad(loss))(stacked_params, ...)
 with parameters stacked along a leading "chain" dim and applied via
@@ -37,7 +45,9 @@ class AttnOnlyConfig:
     d_model: int = 128
     n_heads: int = 4
     n_layers: int = 2
-    layer_norm: bool = False  # optional final LayerNorm before the unembedding
+    layer_norm: bool = False  # a final LayerNorm before the unembedding
+    block_ln: bool = False  # a LayerNorm before the attention of each block (pre-LN)
+    positions: str = "residual"  # "residual": added to the embedding; "shortformer": to queries' and keys' inputs only
     attn_bias: bool = False  # biases on the qkv / output projections
     init_std: float = 0.02
 
@@ -47,6 +57,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: AttnOnlyConfig):
         super().__init__()
         assert cfg.d_model % cfg.n_heads == 0, "d_model must be divisible by n_heads"
+        self.ln = nn.LayerNorm(cfg.d_model) if cfg.block_ln else nn.Identity()
         self.n_heads = cfg.n_heads
         self.d_head = cfg.d_model // cfg.n_heads
         # one fused matmul for q, k, v is cheaper than three on CPU
@@ -56,9 +67,13 @@ class CausalSelfAttention(nn.Module):
         mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))
         self.register_buffer("mask", mask, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T, C = x.shape  # batch, seq, d_model
-        q, k, v = self.qkv(x).split(C, dim=-1)  # each (B, T, C)
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape  # batch, seq, d_model; pos: (T, C) shortformer positions, or None
+        q, k, v = self.qkv(self.ln(x)).split(C, dim=-1)  # each (B, T, C)
+        if pos is not None:
+            # W_Q(ln(x) + p) = W_Q ln(x) + W_Q p: the positions' part is projected once for all B windows
+            qp, kp = F.linear(pos, self.qkv.weight[: 2 * C]).split(C, dim=-1)  # each (T, C)
+            q, k = q + qp, k + kp
         # (B, T, C) -> (B, nh, T, dh)
         q = q.view(B, T, self.n_heads, self.d_head).transpose(1, 2)
         k = k.view(B, T, self.n_heads, self.d_head).transpose(1, 2)
@@ -80,6 +95,8 @@ class AttnOnlyTransformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.positions not in ("residual", "shortformer"):
+            raise ValueError(f"positions must be 'residual' or 'shortformer', got {cfg.positions!r}")
         self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model)
         self.blocks = nn.ModuleList([CausalSelfAttention(cfg) for _ in range(cfg.n_layers)])
         self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.layer_norm else nn.Identity()
@@ -102,10 +119,12 @@ class AttnOnlyTransformer(nn.Module):
             # shape check only, so it is static under vmap
             raise ValueError(f"sequence length {T} exceeds n_ctx={self.config.n_ctx}")
 
-        x = self.embed(tokens) + self.pos_embed(self.pos[:T])  # (B, T, C)
+        pos = self.pos_embed(self.pos[:T])  # (T, C)
+        shortformer = self.config.positions == "shortformer"
+        x = self.embed(tokens) if shortformer else self.embed(tokens) + pos  # (B, T, C)
         patterns = []
         for block in self.blocks:
-            h, attn = block(x)
+            h, attn = block(x, pos if shortformer else None)
             x = x + h  # residual stream; not `x += h`, which would be in-place
             patterns.append(attn)
         logits = self.unembed(self.ln_f(x))  # (B, T, vocab)

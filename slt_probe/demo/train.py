@@ -35,12 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from slt_probe.demo.corpus import CorpusConfig, byte_vocab, load_corpus, windows
-from slt_probe.demo.model import attn_only
+from slt_probe.demo.model import AttnOnlyConfig, attn_only
 from slt_probe.errors import InputError
 from slt_probe.inputs.specs import read_kwargs
 from slt_probe.store import atomic_path
 
 MODEL_SPEC = "slt_probe.demo.model:attn_only"  # what `slt-probe walk --model` loads it as
+# the anchor's architecture (Hoogland et al. 2024; TransformerLens normalization_type='LN', shortformer positions):
+# TrainConfig(**ANCHOR), `slt-probe demo --anchor`
+ANCHOR = dict(block_ln=True, final_ln=True, positions="shortformer")
 VOCAB = 256  # bytes
 
 
@@ -53,6 +56,10 @@ class TrainConfig:
     d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2
+    # the anchor's architecture (Hoogland et al. 2024; model.py): pre-LN blocks, a final LN, shortformer positions
+    block_ln: bool = False
+    final_ln: bool = False
+    positions: str = "residual"
     # optimization
     steps: int = 12_000
     batch: int = 32
@@ -81,8 +88,11 @@ class TrainConfig:
     probe_min_count: int = 100  # probe_tokens: bytes seen at least this often in the training split
 
     def model_kwargs(self) -> dict:
+        anchor = dict(block_ln=self.block_ln, layer_norm=self.final_ln, positions=self.positions)
+        # the anchor's options only where they differ from the model's defaults: the default demo's model.json (and the
+        # model its results files name) stay what they were, so its older walks still continue
         return dict(vocab_size=VOCAB, n_ctx=self.corpus.context, d_model=self.d_model, n_heads=self.n_heads,
-                    n_layers=self.n_layers)
+                    n_layers=self.n_layers, **{k: v for k, v in anchor.items() if v != getattr(AttnOnlyConfig, k)})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -119,3 +119,90 @@ def test_vmap_grad_matches_autograd(layer_norm):
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1)).backward()
         for name, p in copy.named_parameters():
             torch.testing.assert_close(grads[name][c], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the anchor's options (Hoogland et al. 2024): pre-LN blocks, a final LN, shortformer positions
+
+ANCHOR = dict(block_ln=True, layer_norm=True, positions="shortformer")
+
+
+def test_block_layernorm_params_and_names():
+    base = small_model().num_params()
+    d, L = SMALL["d_model"], SMALL["n_layers"]
+    model = small_model(**ANCHOR)
+    assert model.num_params() == base + (L + 1) * 2 * d
+    names = {n for n, _ in model.named_parameters()}
+    assert {f"blocks.{i}.ln.{w}" for i in range(L) for w in ("weight", "bias")} | {"ln_f.weight", "ln_f.bias"} <= names
+    # the default model's state dict is unchanged: checkpoints of the current demo still load strictly
+    assert set(small_model().state_dict()) == {"embed.weight", "pos_embed.weight", "unembed.weight",
+                                              *(f"blocks.{i}.{m}.weight" for i in range(L) for m in ("qkv", "out"))}
+
+
+def test_unknown_positions_raise():
+    with pytest.raises(ValueError, match="shortformer"):
+        small_model(positions="rotary")
+
+
+def _reference_forward(model, tokens):
+    """The anchor's block written out as TransformerLens computes it (components.TransformerBlock with
+    shortformer_pos_embed): q = W_Q(ln1(x) + p), k = W_K(ln1(x) + p), v = W_V ln1(x); x_0 = W_E[tokens]."""
+    T, C, H = tokens.shape[1], SMALL["d_model"], SMALL["n_heads"]
+    p = model.pos_embed.weight[:T]
+    x = model.embed.weight[tokens]
+    for blk in model.blocks:
+        h = F.layer_norm(x, (C,), blk.ln.weight, blk.ln.bias)
+        W_Q, W_K, W_V = blk.qkv.weight.split(C)
+        q, k, v = (h + p) @ W_Q.T, (h + p) @ W_K.T, h @ W_V.T
+        heads = lambda t: t.view(*t.shape[:2], H, C // H).transpose(1, 2)  # noqa: E731
+        scores = heads(q) @ heads(k).transpose(-1, -2) / (C // H) ** 0.5
+        scores = scores.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), float("-inf"))
+        y = (scores.softmax(-1) @ heads(v)).transpose(1, 2).reshape(x.shape)
+        x = x + y @ blk.out.weight.T
+    return F.layer_norm(x, (C,), model.ln_f.weight, model.ln_f.bias) @ model.unembed.weight.T
+
+
+def test_shortformer_matches_the_written_out_block():
+    model = small_model(**ANCHOR)
+    with torch.no_grad():  # gains and biases away from their (1, 0) init, so that a misplaced LN would show
+        for n, p in model.named_parameters():
+            if ".ln" in n or n.startswith("ln_f"):
+                p.add_(0.3 * torch.randn_like(p))
+    tokens = torch.randint(0, SMALL["vocab_size"], (3, SMALL["n_ctx"]))
+    torch.testing.assert_close(model(tokens), _reference_forward(model, tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("positions, moves", [("shortformer", False), ("residual", True)])
+def test_shortformer_positions_reach_only_queries_and_keys(positions, moves):
+    # with W_Q = W_K = 0 attention is uniform whatever the positions, so positions could only reach the output
+    # through the residual stream: they do with residual positions, and must not with shortformer ones
+    model = small_model(block_ln=True, positions=positions)
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.qkv.weight[: 2 * SMALL["d_model"]].zero_()
+    tokens = torch.randint(0, SMALL["vocab_size"], (3, SMALL["n_ctx"]))
+    before = model(tokens)
+    with torch.no_grad():
+        model.pos_embed.weight.add_(torch.randn_like(model.pos_embed.weight))
+    assert torch.allclose(model(tokens), before, atol=1e-6) != moves
+
+
+@pytest.mark.parametrize("options", [dict(block_ln=True), ANCHOR])
+def test_anchor_options_causal_and_vmap_safe(options):
+    model = small_model(**options)
+    tokens = torch.randint(0, SMALL["vocab_size"], (4, SMALL["n_ctx"]))
+    base = model(tokens)
+    changed = tokens.clone()
+    changed[:, 3] = (changed[:, 3] + 1) % SMALL["vocab_size"]
+    assert torch.equal(model(changed)[:, :3], base[:, :3])
+    stacked = {k: v.detach().unsqueeze(0) + 0.1 * torch.randn(2, *v.shape) for k, v in model.named_parameters()}
+
+    def loss_fn(params, tokens):
+        logits = functional_call(model, params, (tokens[:, :-1],))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+    grads = vmap(grad(loss_fn), in_dims=(0, None))(stacked, tokens)
+    for c in range(2):
+        g = grad(loss_fn)({k: v[c] for k, v in stacked.items()}, tokens)
+        for name in g:
+            torch.testing.assert_close(grads[name][c], g[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -79,3 +79,10 @@ def test_train_demo_is_deterministic_and_restores_global_state(tiny_run, tmp_pat
 def test_train_config_round_trips_through_its_dict():
     cfg = TrainConfig(d_model=32, corpus=CorpusConfig(context=32, span_max=12))
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_model_kwargs_name_the_anchor_options_only_when_set():
+    # the default demo's model.json, and the model its results files name, are what they were before the options
+    assert TrainConfig().model_kwargs() == dict(vocab_size=256, n_ctx=32, d_model=64, n_heads=4, n_layers=2)
+    anchor = TrainConfig(block_ln=True, final_ln=True, positions="shortformer").model_kwargs()
+    assert (anchor["block_ln"], anchor["layer_norm"], anchor["positions"]) == (True, True, "shortformer")
