@@ -12,7 +12,10 @@ Panels share one log-scale step axis, top to bottom:
   heads    the refined λ̂ of each attention head (walk --refine heads) as a heatmap, heads × checkpoints (one row
            a head, L<layer>H<head>, colour its λ̂), with its spurts (▲ ▼) where its transitions were detected;
   probes   behavioural metrics per checkpoint, only when the file has a `probes` group; a diamond marks the
-           onset of each rising one (where it rises through half its final value).
+           onset of each rising one (where it rises through half its final value);
+  norms    the probes named "*_norm" (weight norms: LayerNorm gains, embeddings; probes.weight_norms), each
+           divided by its value at the first checkpoint, so that norms of any size share an axis and a
+           collapse reads as a fall below 1.
 A curve read from a table (engine "external": `slt-probe transitions curve.csv`) is drawn the same way, titled by the
 table's name; its subtitle names the table and its columns instead of sampler settings, and λ̂ has error bars only
 where the table states an s.e.
@@ -78,8 +81,8 @@ def _transitions(t: Optional[Transitions]) -> Optional[dict]:
             "smooth": {"log_step": np.asarray(t.log_step, dtype=float), "llc": np.asarray(t.llc_smooth, dtype=float)}}
 
 
-def _probe_curves(path: Path, step: np.ndarray) -> list[tuple[str, np.ndarray]]:
-    """[(label, values aligned with the rows)] of every probe that is one number per checkpoint (per-head arrays
+def _probe_curves(path: Path, step: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """[(name, label, values aligned with the rows)] of every probe that is one number per checkpoint (per-head arrays
     are kept in the file, not drawn); what the file holds that is not a probe is skipped with a warning."""
     probes = Probes.read(path)
     if probes is None:
@@ -96,7 +99,7 @@ def _probe_curves(path: Path, step: np.ndarray) -> list[tuple[str, np.ndarray]]:
         for s_, v in column.items():
             if s_ in row:
                 values[row[s_]] = v
-        curves.append((label or name, values))
+        curves.append((name, label or name, values))
     return curves
 
 
@@ -383,6 +386,21 @@ def _draw_probes(ax, x, step, probes: list[tuple[str, np.ndarray]], dots) -> Non
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, frameon=False)
 
 
+def _draw_norms(ax, x, norms: list[tuple[str, np.ndarray]], dots) -> None:
+    """Each weight norm divided by its first finite value: 1 at the first checkpoint, a collapse falls below."""
+    for i, (label, values) in enumerate(norms):
+        ok = np.isfinite(values) & (values != 0)
+        if not ok.any():
+            continue
+        colour = PROBE_COLOURS[i % len(PROBE_COLOURS)]
+        first = values[ok][0]
+        ax.plot(x[ok], values[ok] / first, color=colour, lw=1.2, marker=dots, ms=2.5, label=f"{label} / {first:.3g}",
+                zorder=3)
+    ax.axhline(1.0, color="0.6", lw=0.6, ls=":")
+    ax.set_ylabel("norm ÷ first", fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, frameon=False)
+
+
 def _set_tags(top, boundaries) -> None:
     """Ticks of the top axis at the boundaries, labelled with their confidence."""
     where = np.log10([x for x, _ in boundaries]) if boundaries else np.zeros(0)
@@ -527,6 +545,8 @@ def results_figure(path: str | Path, *, title: str | None = None, dpi: int = 150
     k = len(t)
     transitions = _transitions(res.transitions)
     probes = _probe_curves(path, t["step"].to_numpy(dtype=np.int64))
+    norms = [(label, values) for name, label, values in probes if name.endswith("_norm")]
+    probes = [(label, values) for name, label, values in probes if not name.endswith("_norm")]
     refined = _refined_curves(path, t["step"].to_numpy(dtype=np.int64))
     heads = [c for c in refined if c["head"]]
     refined = [c for c in refined if not c["head"]]
@@ -553,8 +573,9 @@ def results_figure(path: str | Path, *, title: str | None = None, dpi: int = 150
 
     # -- layout: λ̂ gets the most height; loss and probes are context for it
     panels = (["llc", "loss"] + (["refined"] if refined else []) + (["heads"] if heads else [])
-              + (["probes"] if probes else []))
-    heights = {"llc": 3.0, "loss": 1.5, "refined": 2.0, "heads": min(4.0, max(1.5, 0.2 * len(heads))), "probes": 1.5}
+              + (["probes"] if probes else []) + (["norms"] if norms else []))
+    heights = {"llc": 3.0, "loss": 1.5, "refined": 2.0, "heads": min(4.0, max(1.5, 0.2 * len(heads))), "probes": 1.5,
+               "norms": 1.5}
     fig = Figure(figsize=(11, 1.3 + sum(heights[p] for p in panels) * 1.15), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axs = fig.subplots(len(panels), 1, sharex=True, height_ratios=[heights[p] for p in panels])
@@ -596,6 +617,8 @@ def results_figure(path: str | Path, *, title: str | None = None, dpi: int = 150
         _draw_heads(fig, ax["heads"], x, heads)
     if probes:
         _draw_probes(ax["probes"], x, step, probes, dots)
+    if norms:
+        _draw_norms(ax["norms"], x, norms, dots)
 
     # -- stages, over the λ̂ and loss panels (and the probes: behaviour is read against the same stages)
     labels, tags = [], None

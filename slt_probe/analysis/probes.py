@@ -12,6 +12,10 @@ Both head scores are measured on the same sequences: blocks of distinct random t
 values the model has seen (so that every embedding involved has been trained, and a token occurs once per
 block, so its earlier occurrence is unambiguous).
 
+weight_norms() follows the weights that collapse around the stages of the anchor's model (Hoogland et al. 2024,
+whose notebooks track "LN collapse" and "embedding collapse"): the norm of every LayerNorm's gain and of the
+embeddings and unembedding.
+
 onset() turns a score's curve over checkpoints into the step where it forms; best_scores() reduces the probes
 of one checkpoint to the three scalars stored per checkpoint: best head of each kind, and the ICL score.
 """
@@ -151,6 +155,36 @@ def best_scores(probes: dict) -> dict[str, float]:
     return {"prev_token": float(np.max(probes["prev_token"])),
             "prefix_matching": float(np.max(probes["prefix_matching"])),
             "icl_score": float(probes.get("icl_score", float("nan")))}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# weight norms
+
+UNEMBEDDINGS = ("unembed", "lm_head", "embed_out")  # the output matrix's module name: ours, HF GPT-2's, Pythia's
+
+
+def _normed(model: nn.Module) -> list[tuple[str, str, str, torch.Tensor]]:
+    """[(name, label, description, weight)]: each LayerNorm's gain, each embedding, and the unembedding.
+    Names end in "_norm" (plot.py draws such probes on their own panel, relative to their first value)."""
+    out = []
+    for name, m in model.named_modules():
+        key = name.replace(".", "_")
+        if isinstance(m, nn.LayerNorm) and m.weight is not None:
+            out.append((f"{key}_gain_norm", f"‖γ‖ {name}", f"L2 norm of the gain (weight) of the LayerNorm {name}",
+                        m.weight))
+        elif isinstance(m, nn.Embedding) or (name in UNEMBEDDINGS and isinstance(m, nn.Linear)):
+            out.append((f"{key}_norm", f"‖W‖ {name}", f"Frobenius norm of the weight of {name}", m.weight))
+    return out
+
+
+def norm_info(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """{name: (label, description)} of the norms weight_norms(model) measures."""
+    return {key: (label, description) for key, label, description, _ in _normed(model)}
+
+
+def weight_norms(model: nn.Module) -> dict[str, float]:
+    """{name: norm} at the model's current weights: every LayerNorm gain, embedding and the unembedding."""
+    return {key: float(w.detach().double().norm()) for key, _, _, w in _normed(model)}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -234,6 +234,26 @@ def test_full_file_with_stages_probes_and_a_failed_row(tmp_path, figures):
     assert llc.get_title(loc="left").endswith("4 chains × 200 draws   ·   30 checkpoints (1 failed)")
 
 
+def test_weight_norms_get_their_own_panel_relative_to_the_first_checkpoint(tmp_path, figures):
+    src = write_results(tmp_path / "r.h5", STEPS, transitions=False, probes=False)
+    gain = np.linspace(8.0, 4.0, len(STEPS))  # a LayerNorm gain that collapses to half
+    info = {"prev_token": ("best previous-token head", ""), "ln_f_gain_norm": ("‖γ‖ ln_f", "L2 norm"),
+            "embed_norm": ("‖W‖ embed", "Frobenius norm")}
+    values = {int(s): {"prev_token": 0.1, "ln_f_gain_norm": float(g), "embed_norm": 2.5} for s, g in zip(STEPS, gain)}
+    with h5py.File(src, "a") as f:
+        store.Probes(info, values).write(f.create_group("probes"))
+    plot_results(src, tmp_path / "r.png", dpi=LOW)
+    (fig,) = figures
+    ax = panels(fig)
+    assert list(ax) == [LLC_PANEL, LOSS_PANEL, PROBES_PANEL, "norm ÷ first"]
+    assert legend(ax[PROBES_PANEL]) == ["best previous-token head"]
+    norms = ax["norm ÷ first"]
+    assert legend(norms) == ["‖W‖ embed / 2.5", "‖γ‖ ln_f / 8"]  # HDF5 keeps the datasets in name order
+    embed_line, gain_line = [line for line in norms.lines if len(line.get_xdata()) == len(STEPS)]
+    np.testing.assert_allclose(gain_line.get_ydata(), gain / 8.0)
+    np.testing.assert_allclose(embed_line.get_ydata(), 1.0)
+
+
 def test_without_the_optional_groups(tmp_path, figures):
     src = write_results(tmp_path / "r.h5", STEPS, transitions=False, probes=False)
     check_png(plot_results(src, tmp_path / "r.png", title="my run", dpi=LOW), LOW)

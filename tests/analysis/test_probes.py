@@ -97,3 +97,23 @@ def test_onset():
     # any order in, NaN rows ignored
     assert probes.onset(steps[::-1], [0.6, 0.62, 0.6, 0.35, 0.05, 0.01, 0.0, 0.0]) == 80
     assert probes.onset([0, 1, 2, 3], [0.0, float("nan"), 1.0, 1.0]) == 2
+
+
+def test_weight_norms_of_the_anchor_model():
+    attn_only = load_model_file("attn_only").attn_only
+    torch.manual_seed(0)
+    model = attn_only(vocab_size=16, n_ctx=8, d_model=16, n_heads=2, n_layers=2, block_ln=True, layer_norm=True,
+                      positions="shortformer")
+    with torch.no_grad():
+        model.blocks[1].ln.weight.mul_(0.5)  # a collapsing gain
+    info = probes.norm_info(model)
+    norms = probes.weight_norms(model)
+    assert list(info) == list(norms) == ["embed_norm", "pos_embed_norm", "blocks_0_ln_gain_norm",
+                                         "blocks_1_ln_gain_norm", "ln_f_gain_norm", "unembed_norm"]
+    assert info["blocks_1_ln_gain_norm"][0] == "‖γ‖ blocks.1.ln" and info["unembed_norm"][0] == "‖W‖ unembed"
+    assert norms["blocks_0_ln_gain_norm"] == pytest.approx(4.0) and norms["blocks_1_ln_gain_norm"] == pytest.approx(2.0)
+    assert norms["embed_norm"] == pytest.approx(float(model.embed.weight.detach().norm()), rel=1e-6)
+    assert norms["unembed_norm"] == pytest.approx(float(model.unembed.weight.detach().norm()), rel=1e-6)
+    # the default model has no LayerNorm: embeddings and unembedding only
+    assert list(probes.weight_norms(attn_only(vocab_size=16, n_ctx=8, d_model=16, n_heads=2))) == [
+        "embed_norm", "pos_embed_norm", "unembed_norm"]
