@@ -711,6 +711,10 @@ def _spurt(sp: dict) -> str:
 def demo(
     out_dir: Annotated[str, typer.Argument(help="where the run, results.h5 and curves.png go")] = "checkpoints/demo",
     quick: Annotated[bool, typer.Option(help="a small version of the same pipeline (about a minute)")] = False,
+    anchor: Annotated[bool, typer.Option(help="the anchor's architecture (Hoogland et al. 2024): a LayerNorm before "
+                                              "each block's attention, a final one, shortformer positions")] = False,
+    heads: Annotated[bool, typer.Option(help="the refined λ̂ of the heads the probes name (each probe's best head "
+                                             "at its onset), in a second walk, instead of each layer's")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ):
     """Train a small transformer, walk its checkpoints with probes, find its developmental stages, and plot."""
@@ -724,7 +728,7 @@ def demo(
         tasks[phase](done, total)
 
     try:
-        report = run_demo(out_dir, DemoConfig.quick() if quick else DemoConfig(), progress=progress)
+        report = run_demo(out_dir, DemoConfig.make(quick, anchor, heads), progress=progress)
     finally:
         bar.stop()
     typer.echo(f"trained in {report.seconds['train']:.0f} s, walked {len(report.steps)} checkpoints in "

@@ -616,6 +616,21 @@ def test_the_quick_demo_runs_the_whole_pipeline(tmp_path):
     assert "refined λ̂ of layer0" in result.output
 
 
+def test_the_quick_demo_with_the_anchors_architecture_and_named_heads(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", str(out), "--quick", "--anchor", "--heads", "--quiet"])
+    assert result.exit_code == 0, result.output
+    kwargs = json.loads((out / "run" / "model.json").read_text())
+    assert (kwargs["block_ln"], kwargs["layer_norm"], kwargs["positions"]) == (True, True, "shortformer")
+    report = json.loads((out / "report.json").read_text())
+    # no layer is refined: only the heads the probes name, one per probe with an onset (the quick run may have none)
+    named = {r["component"] for r in report["aligned_refined"].values()}
+    assert set(report["refined"]) == named and all(re.fullmatch(r"L\dH\d", c) for c in named)
+    with h5py.File(out / "results.h5", "r") as f:  # the norms of the LayerNorm gains are probed
+        assert f["probes/blocks_0_ln_gain_norm"].shape == (len(report["steps"]),)
+        assert f["probes/ln_f_gain_norm"][0] == pytest.approx(32 ** 0.5)  # d_model 32, gains at their init
+
+
 def test_a_second_writer_stops_in_one_line_naming_the_first_or_waits_for_it(run):
     import subprocess
     import sys

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -25,8 +26,9 @@ from torch import nn
 from slt_probe.analysis import probes as probing
 from slt_probe.analysis.plot import plot_results
 from slt_probe.demo.corpus import CorpusConfig
-from slt_probe.demo.train import MODEL_SPEC, TrainConfig, build_model, train_demo
+from slt_probe.demo.train import ANCHOR, MODEL_SPEC, TrainConfig, build_model, train_demo
 from slt_probe.engine.sampler import SGLDConfig
+from slt_probe.inputs import heads
 from slt_probe.inputs.checkpoints import discover
 from slt_probe.runs.detect import detect_all
 from slt_probe.runs.walker import walk
@@ -47,13 +49,19 @@ class InductionProbe:
         "prefix_matching_heads": ("prefix-matching score per head", "[layer, head]"),
     }
 
-    def __init__(self, vocab_tokens, icl_data: Optional[torch.Tensor] = None, n_seqs: int = 64, seed: int = 0):
+    def __init__(self, vocab_tokens, icl_data: Optional[torch.Tensor] = None, n_seqs: int = 64, seed: int = 0,
+                 model: Optional[nn.Module] = None):
+        """model: the architecture walked; with it, the norms of its LayerNorm gains and embeddings are probed too
+        (probes.weight_norms), to see whether a fall in λ̂ comes with a collapse of either."""
         self.vocab_tokens, self.icl_data, self.n_seqs, self.seed = vocab_tokens, icl_data, n_seqs, seed
+        self.info = {**self.info, **(probing.norm_info(model) if model is not None else {})}
+        self.norms = model is not None
 
     def __call__(self, model: nn.Module) -> dict[str, Any]:
         p = probing.induction_probes(model, vocab_tokens=self.vocab_tokens, n_seqs=self.n_seqs, seed=self.seed,
                                      icl_data=self.icl_data)
-        return {**probing.best_scores(p), "prev_token_heads": p["prev_token"], "prefix_matching_heads": p["prefix_matching"]}
+        return {**probing.best_scores(p), "prev_token_heads": p["prev_token"], "prefix_matching_heads": p["prefix_matching"],
+                **(probing.weight_norms(model) if self.norms else {})}
 
 
 @dataclass
@@ -65,6 +73,9 @@ class DemoConfig:
     icl_windows: int = 128  # validation windows for the ICL score
     # refined LLCs: {name: regex over parameter names}; None: each layer's attention weights ("layer0", ...)
     refine: Optional[dict[str, str]] = None
+    # instead, the heads the probes name (each probe's best head at its onset, L<layer>H<head>): a first walk
+    # measures the whole model's λ̂ and the probes, a second adds those heads' refined λ̂ (inputs/heads.py)
+    refine_heads: bool = False
     # torch threads for the walk (restored afterwards). The model is small: a second thread gains little, and
     # on a 2-core machine with anything else running two threads were measured ~100x slower per step (each op
     # waits for the busy core), 1.8 ms vs 140-200 ms.
@@ -78,8 +89,19 @@ class DemoConfig:
         return DemoConfig(train=train, sgld=SGLDConfig(lr=1e-4, localization=100.0, nbeta=30.0, chains=2, draws=30,
                                                        burnin=5, batch_size=16, method="loop"), icl_windows=32)
 
+    @staticmethod
+    def make(quick: bool = False, anchor: bool = False, heads: bool = False) -> "DemoConfig":
+        """The demo (or its quick version), with the anchor's architecture (train.ANCHOR) and refining the heads
+        the probes name instead of each layer, as asked."""
+        cfg = DemoConfig.quick() if quick else DemoConfig()
+        train = replace(cfg.train, **ANCHOR) if anchor else cfg.train
+        return replace(cfg, train=train, refine_heads=heads)
+
     def components(self) -> dict[str, str]:
-        """The refined LLCs the walk measures: each layer's heads, i.e. its qkv and output weights."""
+        """The refined LLCs the first walk measures: each layer's heads, i.e. its qkv and output weights (none when
+        the heads the probes name are refined in a second walk)."""
+        if self.refine_heads:
+            return {}
         if self.refine is not None:
             return dict(self.refine)
         return {f"layer{i}": rf"^blocks\.{i}\." for i in range(self.train.n_layers)}
@@ -99,8 +121,8 @@ class DemoReport:
     aligned: dict[str, Optional[dict]]
     # component -> its refined λ̂'s {"params", "boundaries", "spurts", "stages"} (as above)
     refined: dict[str, dict]
-    # probe -> {"component": the layer of its best head at the onset, "transition": as `aligned`, in that
-    # layer's refined λ̂, or None}; only probes with an onset
+    # probe -> {"component": its best head at the onset (refine_heads: L<layer>H<head>) or that head's layer,
+    # "transition": as `aligned`, in that component's refined λ̂, or None}; only probes with an onset
     aligned_refined: dict[str, dict]
     seconds: dict[str, float]
     steps: list[int]
@@ -132,13 +154,24 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     results = out_dir / "results.h5"
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+
+    def counted(phase):
+        return lambda kind, **info: emit(phase, info["index"] + 1, len(ckpts)) if kind in ("done", "skip") else None
+
     try:
-        walk(ckpts, results, model=build_model(cfg.train), data=data, config=cfg.sgld, root=run, overwrite=True,
-             probes=InductionProbe(probe_tokens, icl), refine=components,
-             meta={"command": "slt-probe demo", "model": {"spec": MODEL_SPEC,
-                                                            "kwargs": cfg.train.model_kwargs()},
-                   "data": {"path": str(run / "data.npy"), "format": "npy"}, "demo": json.dumps(asdict(cfg.train))},
-             on_event=lambda kind, **info: emit("walk", info["index"] + 1, len(ckpts)) if kind in ("done", "skip") else None)
+        model = build_model(cfg.train)
+        walk_ = partial(walk, ckpts, results, model=model, data=data, config=cfg.sgld, root=run,
+                        probes=InductionProbe(probe_tokens, icl, model=model),
+                        meta={"command": "slt-probe demo", "model": {"spec": MODEL_SPEC, "kwargs": cfg.train.model_kwargs()},
+                              "data": {"path": str(run / "data.npy"), "format": "npy"},
+                              "demo": json.dumps(asdict(cfg.train))})
+        walk_(overwrite=True, refine=components or None, on_event=counted("walk"))
+        if cfg.refine_heads:
+            named = {f"L{layer}H{head}" for layer, head in onset_heads(results).values()}
+            parts = [c for c in heads.components(model, "heads") if c.name in named]
+            components = {c.name: str(c.params) for c in parts}
+            if parts:  # the rows and probes are in the file: only the heads' units are new
+                walk_(refine=parts, on_event=counted("refine"))
     finally:
         torch.set_num_threads(threads)
     seconds["walk"] = time.perf_counter() - start
@@ -153,26 +186,19 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     seconds["transitions_and_plot"] = time.perf_counter() - start
 
     res = load_results(results)
-    pv = Probes.read(results).values
-    steps = sorted(pv)
-    names = ("prev_token", "prefix_matching")
-    onsets = {name: probing.onset(steps, [pv[s][name] for s in steps]) for name in names}
-    halfway = {name: probing.onset(steps, [pv[s][name] for s in steps], from_baseline=True) for name in names}
+    steps = sorted(Probes.read(results).values)
+    onsets, halfway = probe_onsets(results), probe_onsets(results, from_baseline=True)
     index = {s: i for i, s in enumerate(res.table.step.tolist())}
-    summary = _summary(t)
-    aligned = {name: _near(summary, at, index) for name, at in onsets.items()}
-    refined = {name: {"params": pattern, **_summary(found[name])} for name, pattern in components.items()}
+    summary = summarize(t)
+    aligned = {name: near_transition(summary, at, index) for name, at in onsets.items()}
+    refined = {name: {"params": pattern, **summarize(found[name])} for name, pattern in components.items()}
     aligned_refined = {}
-    for name, at in onsets.items():
-        if at is None:
-            continue
-        # the layer of the best head at the onset: the head whose rise the onset marks. Not the best one at the
-        # end: heads take over from each other (a layer-1 head can lead the previous-token score early and a
-        # layer-0 one, part of the induction circuit, later)
-        heads = np.asarray(pv[at][f"{name}_heads"])  # [layer, head]
-        component = f"layer{int(np.unravel_index(np.nanargmax(heads), heads.shape)[0])}"
+    for name, (layer, head) in onset_heads(results).items():
+        # read against its best head at the onset, or that head's layer
+        component = f"L{layer}H{head}" if cfg.refine_heads else f"layer{layer}"
         if component in refined:
-            aligned_refined[name] = {"component": component, "transition": _near(refined[component], at, index)}
+            aligned_refined[name] = {"component": component,
+                                     "transition": near_transition(refined[component], onsets[name], index)}
     out = DemoReport(out_dir=out_dir, results=results, plot=png, onsets=onsets, onsets_halfway=halfway,
                      boundaries=summary["boundaries"], spurts=summary["spurts"], stages=summary["stages"],
                      aligned=aligned, refined=refined, aligned_refined=aligned_refined, seconds=seconds, steps=steps)
@@ -180,7 +206,33 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     return out
 
 
-def _summary(t) -> dict[str, list[dict]]:
+PROBES = ("prev_token", "prefix_matching")  # the scores whose onsets the demo reads λ̂ against
+
+
+def probe_onsets(results: Path, from_baseline: bool = False) -> dict[str, Optional[int]]:
+    """{probe: the step where its best head's score rises through half its final value (probes.onset), or None}."""
+    pv = Probes.read(results).values
+    steps = sorted(pv)
+    return {name: probing.onset(steps, [pv[s][name] for s in steps], from_baseline=from_baseline) for name in PROBES}
+
+
+def onset_heads(results: Path) -> dict[str, tuple[int, int]]:
+    """{probe: (layer, head) of its best head at its onset}, for the probes that have an onset.
+
+    The best head at the onset is the head whose rise the onset marks; not the best one at the end: heads take over
+    from each other (a layer-1 head can lead the previous-token score early and a layer-0 one, part of the induction
+    circuit, later)."""
+    pv = Probes.read(results).values
+    out = {}
+    for name, at in probe_onsets(results).items():
+        if at is not None:
+            scores = np.asarray(pv[at][f"{name}_heads"])  # [layer, head]
+            layer, head = np.unravel_index(np.nanargmax(scores), scores.shape)
+            out[name] = int(layer), int(head)
+    return out
+
+
+def summarize(t) -> dict[str, list[dict]]:
     """A Transitions' boundaries, spurts and stages as plain dicts (report.json)."""
     return {
         "boundaries": [{k: getattr(b, k) for k in ("step", "kind", "confidence", "tentative", "hidden")}
@@ -192,7 +244,7 @@ def _summary(t) -> dict[str, list[dict]]:
     }
 
 
-def _near(summary: dict, at: Optional[int], index: dict[int, int]) -> Optional[dict]:
+def near_transition(summary: dict, at: Optional[int], index: dict[int, int]) -> Optional[dict]:
     """The flagged transition (boundary or spurt) within ±1 checkpoint of step `at`: confident first, then nearest."""
     if at is None:
         return None

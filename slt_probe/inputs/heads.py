@@ -217,10 +217,13 @@ def components(model: nn.Module, kind: str) -> list[Component]:
 
 
 def resolve(model: nn.Module, refine: list) -> list[Component]:
-    """--refine items as components: "heads", "layers", or (NAME, REGEX). InputError when the model has no heads."""
+    """--refine items as components: "heads", "layers", (NAME, REGEX), or a Component (one head of components(),
+    say). InputError when the model has no heads."""
     out = []
     for item in refine:
-        if isinstance(item, str):
+        if isinstance(item, Component):
+            out.append(item)
+        elif isinstance(item, str):
             try:
                 out += components(model, item)
             except ValueError as e:

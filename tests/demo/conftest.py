@@ -24,3 +24,9 @@ def tiny_run(tmp_path_factory):
     seen = []
     result = train_demo(cfg, tmp / "run", progress=lambda step, total, row: seen.append((step, total)))
     return cfg, result, seen
+
+
+@pytest.fixture()
+def make_tiny_config():
+    """tiny_config itself, for tests that train a variant of the tiny run."""
+    return tiny_config

@@ -188,3 +188,9 @@ def test_components_name_heads_and_layers_and_refuse_a_model_without_attention()
     with pytest.raises(InputError, match="L0 are given twice"):
         resolve(model, ["layers", ("L0", "embed")])
     assert math.isclose(len(resolve(model, ["heads", ("emb", "^embed")])), 9)
+    assert resolve(model, [heads[5], ("emb", "^embed")])[0] is heads[5]  # a Component as it is (one named head)
+    # the anchor's pre-LN blocks: a head stays its qkv rows and out columns, its layer takes the block's LayerNorm too
+    anchor = attn_only(vocab_size=32, n_ctx=16, d_model=16, n_heads=4, block_ln=True, positions="shortformer")
+    assert count_params(anchor, components(anchor, "heads")[0].params) == count_params(model, heads[0].params)
+    assert count_params(anchor, components(anchor, "layers")[1].params) == \
+        sum(p.numel() for p in model.blocks[1].parameters()) + 2 * 16
