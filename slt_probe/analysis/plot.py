@@ -14,8 +14,8 @@ Panels share one log-scale step axis, top to bottom:
   probes   behavioural metrics per checkpoint, only when the file has a `probes` group; a diamond marks the
            onset of each rising one (where it rises through half its final value);
   norms    the probes named "*_norm" (weight norms: LayerNorm gains, embeddings; probes.weight_norms), each
-           divided by its value at the first checkpoint, so that norms of any size share an axis and a
-           collapse reads as a fall below 1.
+           divided by its value at the first checkpoint, on a log scale, so that norms of any size share an axis
+           and a collapse reads as a fall below 1.
 A curve read from a table (engine "external": `slt-probe transitions curve.csv`) is drawn the same way, titled by the
 table's name; its subtitle names the table and its columns instead of sampler settings, and λ̂ has error bars only
 where the table states an s.e.
@@ -397,6 +397,8 @@ def _draw_norms(ax, x, norms: list[tuple[str, np.ndarray]], dots) -> None:
         ax.plot(x[ok], values[ok] / first, color=colour, lw=1.2, marker=dots, ms=2.5, label=f"{label} / {first:.3g}",
                 zorder=3)
     ax.axhline(1.0, color="0.6", lw=0.6, ls=":")
+    # log scale: an unembedding that grows 40-fold and a LayerNorm gain that falls to 0.4 both stay readable
+    ax.set_yscale("log")
     ax.set_ylabel("norm ÷ first", fontsize=10)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8, frameon=False)
 

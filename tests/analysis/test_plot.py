@@ -252,6 +252,7 @@ def test_weight_norms_get_their_own_panel_relative_to_the_first_checkpoint(tmp_p
     embed_line, gain_line = [line for line in norms.lines if len(line.get_xdata()) == len(STEPS)]
     np.testing.assert_allclose(gain_line.get_ydata(), gain / 8.0)
     np.testing.assert_allclose(embed_line.get_ydata(), 1.0)
+    assert norms.get_yscale() == "log"
 
 
 def test_without_the_optional_groups(tmp_path, figures):
