@@ -16,22 +16,18 @@ copied-span mix (repeat_frac 0.55).
 """
 
 import argparse
-import json
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from slt_probe.demo.corpus import CorpusConfig
-from slt_probe.demo.pipeline import InductionProbe, near_transition, onset_heads, probe_onsets, summarize
-from slt_probe.demo.train import ANCHOR, MODEL_SPEC, TrainConfig, build_model, train_demo
+from slt_probe.demo.pipeline import DemoConfig, near_transition, onset_heads, probe_onsets, summarize, walk_run
+from slt_probe.demo.train import ANCHOR, TrainConfig, train_demo
 from slt_probe.engine.sampler import SGLDConfig
 from slt_probe.inputs import heads
-from slt_probe.inputs.checkpoints import discover
 from slt_probe.runs.detect import detect_all
-from slt_probe.runs.walker import walk
 from slt_probe.store import Probes, Refined, load_results, read_transitions
 
 ARCHS = {"base": dict(block_ln=False, final_ln=False, positions="residual"),
@@ -50,21 +46,12 @@ def run_one(out: Path, arch: str, data: str, seed: int, args) -> Path:
         train_demo(cfg, run)
         print(f"# {out.name}: trained in {time.perf_counter() - t:.0f} s", flush=True)
     results = out / "results.h5"
-    data_windows = torch.from_numpy(np.load(run / "data.npy"))
     sgld = SGLDConfig(lr=args.sgld_lr, localization=300.0, nbeta=30.0, chains=4, draws=args.draws, burnin=args.burnin,
                       batch_size=32, method="loop", seed=0)
     t = time.perf_counter()
-    model = build_model(cfg)
-    walk_ = partial(walk, discover(run)[0], results, model=model, data=data_windows, config=sgld, root=run,
-                    probes=InductionProbe(np.load(run / "probe_tokens.npy"), data_windows[:128], model=model),
-                    meta={"command": "benchmarks/architectures.py",
-                          "model": {"spec": MODEL_SPEC, "kwargs": cfg.model_kwargs()},
-                          "data": {"path": str(run / "data.npy"), "format": "npy"}, "demo": json.dumps(cfg.to_dict())})
-    walk_()
-    named = []
-    if args.heads:  # the heads the probes name, as the demo's refine_heads walks them
-        named = sorted({f"L{layer}H{head}" for layer, head in onset_heads(results).values()})
-        walk_(refine=[c for c in heads.components(model, "heads") if c.name in named])
+    # the demo's walk (its probes, and with --heads the heads they name), no layer refined; continued if begun
+    named = walk_run(run, results, DemoConfig(train=cfg, sgld=sgld, refine={}, refine_heads=args.heads),
+                     command="benchmarks/architectures.py")
     detect_all(results, refined=named)
     print(f"# {out.name}: walked in {time.perf_counter() - t:.0f} s", flush=True)
     return results
@@ -93,13 +80,13 @@ def report(name: str, results: Path) -> None:
                                      f"({sp.confidence:.2f}{', tentative' if sp.tentative else ''})" for sp in tr.spurts))
     # each probe's onset against the λ̂ transitions within ±1 checkpoint (the demo's test), whole model and its head
     index = {int(s): i for i, s in enumerate(t.step)}
-    named = onset_heads(results)
+    named = onset_heads(probes)
     refined = Refined.read(results)
-    for name, at in probe_onsets(results).items():
+    for name, at in probe_onsets(probes).items():
         line = f"{name} onset {at}"
         if at is not None and tr is not None:
             line += f": whole λ̂ {_flag(near_transition(summarize(tr), at, index))}"
-            head = "L{}H{}".format(*named[name])
+            head = heads.head_name(*named[name])
             if refined is not None and head in refined.values:
                 curve = read_transitions(results, refined=head)
                 line += f"; {head} {_flag(near_transition(summarize(curve), at, index)) if curve else 'not detected'}"

@@ -135,7 +135,6 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
              progress: Optional[Progress] = None) -> DemoReport:
     """Train, walk with probes, detect transitions, plot; everything under out_dir, one results file."""
     cfg = config or DemoConfig()
-    components = cfg.components()  # refined LLCs: name -> regex over parameter names
     out_dir = Path(out_dir)
     report = out_dir / "report.json"
     emit = progress or (lambda phase, done, total: None)
@@ -147,33 +146,8 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     seconds["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    data = torch.from_numpy(np.load(run / "data.npy"))
-    probe_tokens = np.load(run / "probe_tokens.npy") if (run / "probe_tokens.npy").exists() else np.arange(256)
-    icl = data[: cfg.icl_windows]
-    ckpts = discover(run)[0]
     results = out_dir / "results.h5"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-
-    def counted(phase):
-        return lambda kind, **info: emit(phase, info["index"] + 1, len(ckpts)) if kind in ("done", "skip") else None
-
-    try:
-        model = build_model(cfg.train)
-        walk_ = partial(walk, ckpts, results, model=model, data=data, config=cfg.sgld, root=run,
-                        probes=InductionProbe(probe_tokens, icl, model=model),
-                        meta={"command": "slt-probe demo", "model": {"spec": MODEL_SPEC, "kwargs": cfg.train.model_kwargs()},
-                              "data": {"path": str(run / "data.npy"), "format": "npy"},
-                              "demo": json.dumps(asdict(cfg.train))})
-        walk_(overwrite=True, refine=components or None, on_event=counted("walk"))
-        if cfg.refine_heads:
-            named = {f"L{layer}H{head}" for layer, head in onset_heads(results).values()}
-            parts = [c for c in heads.components(model, "heads") if c.name in named]
-            components = {c.name: str(c.params) for c in parts}
-            if parts:  # the rows and probes are in the file: only the heads' units are new
-                walk_(refine=parts, on_event=counted("refine"))
-    finally:
-        torch.set_num_threads(threads)
+    components = walk_run(run, results, cfg, overwrite=True, progress=emit)
     seconds["walk"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -186,16 +160,17 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     seconds["transitions_and_plot"] = time.perf_counter() - start
 
     res = load_results(results)
-    steps = sorted(Probes.read(results).values)
-    onsets, halfway = probe_onsets(results), probe_onsets(results, from_baseline=True)
+    pv = Probes.read(results).values
+    steps = sorted(pv)
+    onsets, halfway = probe_onsets(pv), probe_onsets(pv, from_baseline=True)
     index = {s: i for i, s in enumerate(res.table.step.tolist())}
     summary = summarize(t)
     aligned = {name: near_transition(summary, at, index) for name, at in onsets.items()}
     refined = {name: {"params": pattern, **summarize(found[name])} for name, pattern in components.items()}
     aligned_refined = {}
-    for name, (layer, head) in onset_heads(results).items():
+    for name, (layer, head) in onset_heads(pv).items():
         # read against its best head at the onset, or that head's layer
-        component = f"L{layer}H{head}" if cfg.refine_heads else f"layer{layer}"
+        component = heads.head_name(layer, head) if cfg.refine_heads else f"layer{layer}"
         if component in refined:
             aligned_refined[name] = {"component": component,
                                      "transition": near_transition(refined[component], onsets[name], index)}
@@ -206,25 +181,59 @@ def run_demo(out_dir: str | Path = "checkpoints/demo", config: Optional[DemoConf
     return out
 
 
+def walk_run(run: Path, results: Path, cfg: DemoConfig, *, overwrite: bool = False,
+             progress: Optional[Progress] = None, command: str = "slt-probe demo") -> dict[str, str]:
+    """Walk the demo's run folder into `results` with its probes and refined λ̂ (cfg.components(), or with
+    cfg.refine_heads the heads the probes name, added by a second walk). Returns the refined components,
+    {name: what it samples}. Without overwrite, a walk already in `results` is continued."""
+    emit = progress or (lambda phase, done, total: None)
+    data = torch.from_numpy(np.load(run / "data.npy"))
+    probe_tokens = np.load(run / "probe_tokens.npy") if (run / "probe_tokens.npy").exists() else np.arange(256)
+    ckpts = discover(run)[0]
+    components = cfg.components()  # refined LLCs: name -> regex over parameter names
+
+    def counted(phase):
+        return lambda kind, **info: emit(phase, info["index"] + 1, len(ckpts)) if kind in ("done", "skip") else None
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        model = build_model(cfg.train)
+        walk_ = partial(walk, ckpts, results, model=model, data=data, config=cfg.sgld, root=run,
+                        probes=InductionProbe(probe_tokens, data[: cfg.icl_windows], model=model),
+                        meta={"command": command, "model": {"spec": MODEL_SPEC, "kwargs": cfg.train.model_kwargs()},
+                              "data": {"path": str(run / "data.npy"), "format": "npy"},
+                              "demo": json.dumps(asdict(cfg.train))})
+        walk_(overwrite=overwrite, refine=components or None, on_event=counted("walk"))
+        if cfg.refine_heads:
+            named = {heads.head_name(*h) for h in onset_heads(Probes.read(results).values).values()}
+            parts = [c for c in heads.components(model, "heads") if c.name in named]
+            components = {c.name: str(c.params) for c in parts}
+            if parts:  # the rows and probes are in the file: only the heads' units are new
+                walk_(refine=parts, on_event=counted("refine"))
+    finally:
+        torch.set_num_threads(threads)
+    return components
+
+
 PROBES = ("prev_token", "prefix_matching")  # the scores whose onsets the demo reads λ̂ against
 
 
-def probe_onsets(results: Path, from_baseline: bool = False) -> dict[str, Optional[int]]:
-    """{probe: the step where its best head's score rises through half its final value (probes.onset), or None}."""
-    pv = Probes.read(results).values
+def probe_onsets(pv: dict[int, dict], from_baseline: bool = False) -> dict[str, Optional[int]]:
+    """{probe: the step where its best head's score rises through half its final value (probes.onset), or None}.
+    pv: a results file's probes, Probes.read(path).values."""
     steps = sorted(pv)
     return {name: probing.onset(steps, [pv[s][name] for s in steps], from_baseline=from_baseline) for name in PROBES}
 
 
-def onset_heads(results: Path) -> dict[str, tuple[int, int]]:
-    """{probe: (layer, head) of its best head at its onset}, for the probes that have an onset.
+def onset_heads(pv: dict[int, dict]) -> dict[str, tuple[int, int]]:
+    """{probe: (layer, head) of its best head at its onset}, for the probes that have an onset (pv as probe_onsets).
 
     The best head at the onset is the head whose rise the onset marks; not the best one at the end: heads take over
     from each other (a layer-1 head can lead the previous-token score early and a layer-0 one, part of the induction
     circuit, later)."""
-    pv = Probes.read(results).values
     out = {}
-    for name, at in probe_onsets(results).items():
+    for name, at in probe_onsets(pv).items():
         if at is not None:
             scores = np.asarray(pv[at][f"{name}_heads"])  # [layer, head]
             layer, head = np.unravel_index(np.nanargmax(scores), scores.shape)

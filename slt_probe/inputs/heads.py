@@ -203,6 +203,11 @@ def _layer_params(model: nn.Module, block: nn.Module, label: str) -> Params:
                        label)
 
 
+def head_name(layer: int, head: int) -> str:
+    """A head's component name: L<layer>H<head>."""
+    return f"L{layer}H{head}"
+
+
 def components(model: nn.Module, kind: str) -> list[Component]:
     """One Component per attention head (kind "heads", named L<layer>H<head>) or per layer ("layers", L<layer>)."""
     layers = attention_layers(model)
@@ -211,7 +216,7 @@ def components(model: nn.Module, kind: str) -> list[Component]:
                 for i, a in enumerate(layers)]
     if kind != "heads":
         raise ValueError(f"expected heads or layers, got {kind!r}")
-    return [Component(f"L{i}H{h}", Coordinates(head_masks(model, a, h), f"head {h} of layer {i} ({a.prefix})"),
+    return [Component(head_name(i, h), Coordinates(head_masks(model, a, h), f"head {h} of layer {i} ({a.prefix})"),
                       layer=i, head=h)
             for i, a in enumerate(layers) for h in range(a.n_heads)]
 

@@ -79,20 +79,22 @@ def test_onsets_and_the_heads_they_name(tmp_path):
     prev = [float(h.max()) for h in prev_heads]
     flat = [np.full((2, 2), 0.04)] * 5  # induction never forms: no onset, no head named
     path = write_probes(tmp_path / "r.h5", steps, prev, prev_heads, [0.04] * 5, flat)
-    assert probe_onsets(path) == {"prev_token": 400, "prefix_matching": None}  # half of 0.433 first reached at 400
-    assert probe_onsets(path, from_baseline=True) == {"prev_token": 400, "prefix_matching": None}
-    assert onset_heads(path) == {"prev_token": (1, 0)}
+    pv = Probes.read(path).values
+    assert probe_onsets(pv) == {"prev_token": 400, "prefix_matching": None}  # half of 0.433 first reached at 400
+    assert probe_onsets(pv, from_baseline=True) == {"prev_token": 400, "prefix_matching": None}
+    assert onset_heads(pv) == {"prev_token": (1, 0)}
     prev_heads[2] = np.array([[0.1, 0.31], [0.15, 0.1]])  # now the onset is at 200, where L0H1 leads
     prev[2] = 0.31
     write_probes(path, steps, prev, prev_heads, [0.04] * 5, flat)
-    assert probe_onsets(path)["prev_token"] == 200 and onset_heads(path) == {"prev_token": (0, 1)}
+    pv = Probes.read(path).values
+    assert probe_onsets(pv)["prev_token"] == 200 and onset_heads(pv) == {"prev_token": (0, 1)}
 
 
 def test_the_demo_refines_the_heads_the_probes_name(tmp_path, monkeypatch):
     """refine_heads: a first walk with the probes, then a second that adds only the named heads' refined λ̂ (the rows
     are not estimated again), each probe read against its own head's curve."""
     named = {"prev_token": (1, 0), "prefix_matching": (0, 1)}
-    monkeypatch.setattr(pipeline, "onset_heads", lambda results: named)
+    monkeypatch.setattr(pipeline, "onset_heads", lambda pv: named)
     cfg = DemoConfig.quick()
     cfg = replace(cfg, refine_heads=True, train=replace(cfg.train, steps=60, n_log=3, n_linear=1))
     phases = []
